@@ -1,0 +1,189 @@
+"""The objects plugins hand to the kernel, and the read-only views the kernel hands back.
+
+A registration hook (see ``hookspecs``) returns instances of these protocols once, at start-up;
+the kernel then calls them directly. Everything a plugin receives is a narrow, typed view, so the
+kernel can change inside without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+
+from attrs import field, frozen
+
+from herd_kernel.models import AvailableModel, LoadedModel, NodeState, RouteRequest
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from herd_kernel.config import Config
+
+
+# --- scoring -----------------------------------------------------------------------------------
+
+
+@frozen(kw_only=True, slots=True)
+class Candidate:
+    """One (node, model) pair that survived elimination."""
+
+    node: NodeState
+    model: str  # normalized model name
+    loaded: LoadedModel | None
+    available: AvailableModel | None
+    in_flight: int  # requests this router has running on node:model now
+    node_in_flight: int  # requests this router has running on the node, any model
+    unloaded_ago: float | None  # seconds since the model left memory here, None if never seen
+
+    @property
+    def node_id(self) -> str:
+        return self.node.node_id
+
+    @property
+    def model_size_bytes(self) -> int:
+        if self.loaded is not None and self.loaded.size_bytes:
+            return self.loaded.size_bytes
+        return self.available.size_bytes if self.available is not None else 0
+
+
+@frozen(kw_only=True, slots=True)
+class ScoringContext:
+    request: RouteRequest
+    model: str  # normalized name of the model being scored (may be a fallback)
+    now: float  # monotonic seconds
+    config: Config
+
+
+class Signal(Protocol):
+    """A scoring signal. ``score`` is pure and synchronous: one float per candidate, in order.
+
+    The kernel clamps each value to ``[low, high]`` and multiplies it by the signal's weight
+    (``weight``, overridable as ``FLEET_WEIGHT_<NAME>`` with dashes as underscores). A signal that
+    raises scores 0 for that request and is logged once.
+    """
+
+    name: str
+    weight: float
+    low: float
+    high: float
+
+    def score(self, ctx: ScoringContext, candidates: Sequence[Candidate]) -> Sequence[float]: ...
+
+
+# --- backends ----------------------------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class RouteDef:
+    """An HTTP route a backend serves on the router (or a panel on the dashboard)."""
+
+    method: str
+    path: str
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    name: str | None = None
+
+
+@frozen(kw_only=True)
+class NodeContext:
+    """What node-side plugins get: the agent's settings and its HTTP client."""
+
+    config: Config
+    node_id: str
+    http: Any  # aiohttp.ClientSession
+
+
+class Backend(Protocol):
+    """Serves one family of traffic (Ollama, image generation, speech...).
+
+    Router side, ``routes(services)`` returns the HTTP routes it owns; handlers use ``services``
+    (a ``herd_kernel.app.Services``) to score, dispatch and trace. Node side, ``probe(ctx)``
+    returns a heartbeat fragment, e.g. ``{"ollama": {...}}``; it runs once per heartbeat and must
+    not block the event loop.
+    """
+
+    name: str
+    modalities: tuple[str, ...]
+
+    def routes(self, services: Any) -> Sequence[RouteDef]: ...
+
+    async def probe(self, ctx: NodeContext) -> Mapping[str, Any]: ...
+
+
+# --- node sensors ------------------------------------------------------------------------------
+
+
+class Sensor(Protocol):
+    """Contributes a fragment to every heartbeat (``{"cpu": {...}, "memory": {...}}``).
+
+    Sensors run in ``order``; a later sensor's keys replace an earlier one's. ``read`` must not
+    block the event loop: use ``asyncio.to_thread`` or asyncio subprocesses. A sensor that raises
+    or times out is skipped for that heartbeat and logged.
+    """
+
+    name: str
+    order: int
+
+    async def read(self, ctx: NodeContext) -> Mapping[str, Any]: ...
+
+
+# --- discovery ---------------------------------------------------------------------------------
+
+
+class Discovery(Protocol):
+    """Lets nodes find the router with no configuration.
+
+    ``announce`` runs on the router at start and returns an async callable that withdraws the
+    announcement. ``find_router`` runs on a node and returns a router URL, or None on timeout.
+    """
+
+    name: str
+
+    async def announce(self, url: str, config: Config) -> Callable[[], Awaitable[None]]: ...
+
+    async def find_router(self, config: Config, timeout: float) -> str | None: ...
+
+
+# --- health checks -----------------------------------------------------------------------------
+
+Severity = Literal["info", "warning", "critical"]
+
+
+@frozen(kw_only=True)
+class Finding:
+    check_id: str
+    severity: Severity
+    title: str
+    detail: str
+    advice: str = ""
+    node_id: str | None = None
+    data: Mapping[str, Any] = field(factory=dict)
+
+
+class HealthCheck(Protocol):
+    """One health check. ``evaluate`` gets a read-only fleet snapshot (a dict shaped like
+    ``/fleet/status``) and returns findings; it must be fast and free of I/O. A check that raises
+    becomes a ``check-crashed`` finding naming the plugin."""
+
+    id: str
+    title: str
+
+    def evaluate(self, snapshot: Mapping[str, Any]) -> Sequence[Finding]: ...
+
+
+# --- dashboard panels --------------------------------------------------------------------------
+
+
+@frozen(kw_only=True)
+class Panel:
+    """One dashboard tab: its static assets and JSON routes under ``/dashboard/api/<id>/``."""
+
+    id: str
+    title: str
+    order: int
+    static_dir: str | None = None
+    routes: tuple[RouteDef, ...] = ()
+
+
+@runtime_checkable
+class Named(Protocol):
+    name: str

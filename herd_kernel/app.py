@@ -1,0 +1,286 @@
+"""The router's aiohttp application factory: services under typed keys, JSON error middleware,
+the kernel's own routes (``/heartbeat``, ``/fleet/status``) and every backend's routes, and the
+start/stop lifecycle (HTTP client pool, registry sweeper, plugin lifecycle hooks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from herd_kernel import __version__
+from herd_kernel.config import Config
+from herd_kernel.fleet import Fleet
+from herd_kernel.models import Heartbeat, PayloadError, Trace, structure, unstructure
+from herd_kernel.pipeline import Pipeline
+from herd_kernel.plugins import PluginHost
+from herd_kernel.scoring import Scorer
+from herd_kernel.wire import BadRequest, api_for_path, error_response, read_json_object
+
+log = structlog.get_logger("herd.router")
+request_log = structlog.get_logger("herd.request")
+
+_HEARTBEAT_MAX_BYTES = 4 * 1024 * 1024
+
+
+class Services:
+    """Everything a route handler or plugin needs on the router, created once per app."""
+
+    def __init__(self, config: Config, host: PluginHost) -> None:
+        self.config = config
+        self.host = host
+        self.fleet = Fleet(
+            degraded_after=config["FLEET_HEARTBEAT_TIMEOUT"],
+            offline_after=config["FLEET_HEARTBEAT_OFFLINE"],
+        )
+        self.signals = host.signals(config)
+        self.backends = host.backends(config)
+        self.scorer = Scorer(self.fleet, self.signals, config)
+        self.pipeline = Pipeline(self)
+        self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
+        self.http: aiohttp.ClientSession  # opened in the app's cleanup context
+        self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
+        self._notify_traces = host.has_impls("herd_request_finished")
+        if host.has_impls("herd_node_status_changed"):
+            self.fleet.listeners.append(
+                lambda node_id, old, new: host.notify(
+                    "herd_node_status_changed", node_id=node_id, old=old, new=new
+                )
+            )
+        self.fleet.listeners.append(_log_status_change)
+
+    def record(self, trace: Trace) -> None:
+        """The end of every proxied request: one log line, the recent list, plugin hooks."""
+        self.recent_traces.append(trace)
+        request_log.info(
+            "request",
+            request_id=trace.request_id,
+            model=trace.model,
+            node=trace.node_id,
+            status=trace.status,
+            http_status=trace.http_status,
+            latency_ms=trace.latency_ms,
+            ttft_ms=trace.ttft_ms,
+            retries=trace.retries,
+            score=trace.score,
+            api=trace.api,
+            stream=trace.stream,
+            tags=list(trace.tags) or None,
+            error=trace.error_message,
+        )
+        if self._notify_traces:
+            self.host.notify("herd_request_finished", trace=trace)
+
+
+def _log_status_change(node_id: str, old: str | None, new: str) -> None:
+    log.info("node status", node=node_id, old=old, new=new)
+
+
+SERVICES = web.AppKey("services", Services)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Every error a client sees is JSON in the format of the API it called; never a traceback."""
+    api = api_for_path(request.path)
+    try:
+        return await handler(request)
+    except BadRequest as exc:
+        return error_response(api, exc.status, exc.message)
+    except web.HTTPException as exc:
+        if exc.status < 400 or exc.content_type == "application/json":
+            raise
+        message = exc.text or exc.reason
+        if exc.status == 404:
+            message = "404 page not found"
+        elif exc.status == 405:
+            message = "405 method not allowed"
+        return error_response(api, exc.status, message, headers=_allow(exc))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:  # noqa: BLE001 - the client gets a JSON 500, the log gets the traceback
+        log.exception("unhandled error", path=request.path, method=request.method)
+        return error_response(api, 500, "internal router error")
+
+
+def _allow(exc: web.HTTPException) -> dict[str, str] | None:
+    allow = exc.headers.get("Allow")
+    return {"Allow": allow} if allow else None
+
+
+# --- kernel routes ------------------------------------------------------------------------------
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        _raw, body = await read_json_object(request, _HEARTBEAT_MAX_BYTES)
+        hb = structure(body, Heartbeat)
+    except BadRequest as exc:
+        return web.json_response({"error": f"invalid heartbeat: {exc.message}"}, status=exc.status)
+    except PayloadError as exc:
+        return web.json_response(
+            {"error": f"invalid heartbeat: {exc}", "field": exc.field}, status=400
+        )
+    state = services.fleet.apply_heartbeat(hb, peer_ip=request.remote)
+    if hb.draining:
+        return web.json_response({"status": "draining", "node_id": hb.node_id})
+    return web.json_response({"status": "ok", "node_status": state.status})
+
+
+def fleet_status(services: Services) -> dict[str, Any]:
+    fleet = services.fleet
+    now = fleet.clock()
+    nodes = []
+    models_loaded = 0
+    for state in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
+        hb = state.heartbeat
+        ollama = None
+        if hb.ollama is not None:
+            models_loaded += len(hb.ollama.models_loaded)
+            ollama = {
+                "url": state.ollama_url,
+                "version": hb.ollama.version,
+                "healthy": hb.ollama.healthy,
+                "num_parallel": hb.ollama.num_parallel,
+                "models_loaded": [
+                    {
+                        "name": m.name,
+                        "size_gb": round(m.size_bytes / 1024**3, 3),
+                        "size_vram_gb": round(m.size_vram / 1024**3, 3),
+                        "context_length": m.context_length,
+                        "expires_at": m.expires_at,
+                        "requests_active": _active(fleet, state.node_id, key),
+                    }
+                    for key, m in state.loaded.items()
+                ],
+                "models_available": [m.name for m in hb.ollama.models_available],
+                "requests_active": fleet.node_in_flight.get(state.node_id, 0),
+            }
+        nodes.append(
+            {
+                "node_id": state.node_id,
+                "status": state.status,
+                "agent_version": hb.agent_version,
+                "last_heartbeat_s_ago": round(now - state.last_seen, 3),
+                "draining": hb.draining,
+                "paused": hb.paused,
+                "hardware": {
+                    "memory_total_gb": hb.memory.total_gb,
+                    "cores_physical": hb.cpu.cores_physical,
+                    "cores_logical": hb.cpu.cores_logical,
+                    "arch": hb.arch,
+                    "os": hb.os,
+                    "hostname": hb.hostname,
+                },
+                "cpu": unstructure(hb.cpu),
+                "memory": unstructure(hb.memory),
+                "disk": unstructure(hb.disk),
+                "ollama": ollama,
+                "extras": hb.extras,
+            }
+        )
+    queues = {
+        f"{node_id}:{model}": {
+            "pending": c.pending,
+            "in_flight": c.in_flight,
+            "completed": c.completed,
+            "failed": c.failed,
+        }
+        for (node_id, model), c in sorted(fleet.queues.items())
+    }
+    return {
+        "fleet": {
+            "nodes_total": len(fleet.nodes),
+            "nodes_online": sum(1 for n in fleet.nodes.values() if n.status == "online"),
+            "nodes_degraded": sum(1 for n in fleet.nodes.values() if n.status == "degraded"),
+            "nodes_offline": sum(1 for n in fleet.nodes.values() if n.status == "offline"),
+            "models_loaded": models_loaded,
+            "requests_active": fleet.requests_active,
+        },
+        "nodes": nodes,
+        "queues": queues,
+        "router_version": __version__,
+        "timestamp": time.time(),
+    }
+
+
+def _active(fleet: Fleet, node_id: str, key: str) -> int:
+    counters = fleet.queues.get((node_id, key))
+    return counters.in_flight if counters else 0
+
+
+async def status_handler(request: web.Request) -> web.Response:
+    return web.json_response(fleet_status(request.app[SERVICES]), dumps=_dumps)
+
+
+async def traces_handler(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    try:
+        limit = max(1, min(200, int(request.query.get("limit", "50"))))
+    except ValueError:
+        raise BadRequest("limit must be an integer") from None
+    traces = list(services.recent_traces)[-limit:]
+    return web.json_response({"traces": [unstructure(t) for t in reversed(traces)]}, dumps=_dumps)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=str)
+
+
+# --- the factory --------------------------------------------------------------------------------
+
+
+def create_app(config: Config, host: PluginHost) -> web.Application:
+    services = Services(config, host)
+    app = web.Application(
+        middlewares=[error_middleware], client_max_size=services.max_body + 1024
+    )
+    app[SERVICES] = services
+    app.router.add_post("/heartbeat", heartbeat)
+    app.router.add_get("/fleet/status", status_handler)
+    app.router.add_get("/fleet/traces", traces_handler)
+    claimed: dict[tuple[str, str], str] = {}
+    for backend in services.backends:
+        for route in backend.routes(services):
+            key = (route.method.upper(), route.path)
+            if key in claimed:
+                raise RuntimeError(
+                    f"{route.method} {route.path} claimed by backends {claimed[key]!r} and {backend.name!r}"
+                )
+            claimed[key] = backend.name
+            app.router.add_route(route.method, route.path, route.handler, name=route.name)
+    app.cleanup_ctx.append(_lifecycle)
+    return app
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    config = services.config
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=60, enable_cleanup_closed=True)
+    services.http = aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(
+            total=None,
+            sock_connect=config["FLEET_CONNECT_TIMEOUT"],
+            sock_read=config["FLEET_READ_TIMEOUT"],
+        ),
+        auto_decompress=True,
+    )
+    sweeper = asyncio.create_task(services.fleet.run_sweeper(), name="herd-fleet-sweeper")
+    await services.host.lifecycle("herd_startup", services)
+    try:
+        yield
+    finally:
+        await services.host.lifecycle("herd_shutdown", services, reverse=True)
+        sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)
+        await services.http.close()

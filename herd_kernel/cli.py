@@ -1,0 +1,294 @@
+"""Command lines: ``herd`` (the router, ``herd plugins``, ``herd --demo``) and ``herd-node``.
+
+Flags keep the reference's names (``--host``, ``--port``, ``--router-url``, ``--ollama-host``,
+``--node-id``) so existing scripts work. Flags override ``FLEET_*`` variables, which override
+defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from herd_kernel import __version__
+from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS, Config, SettingError, resolve
+from herd_kernel.logs import setup_logging
+from herd_kernel.plugins import PluginError, PluginHost, parse_selection
+
+log = structlog.get_logger("herd.cli")
+
+LOCAL_OLLAMA = "http://127.0.0.1:11434"
+
+
+def load(
+    flags: dict[str, Any], plugins_env: str, environ: dict[str, str] | None = None
+) -> tuple[PluginHost, Config]:
+    """Resolve the kernel's settings, load the selected plugins, then resolve theirs too."""
+    environ = dict(os.environ if environ is None else environ)
+    if "FLEET_NODE_DATA_DIR" not in environ and "FLEET_DATA_DIR" in environ:
+        environ["FLEET_NODE_DATA_DIR"] = environ["FLEET_DATA_DIR"]
+    kernel_specs = (*ROUTER_SETTINGS, *NODE_SETTINGS)
+    early = resolve(kernel_specs, environ, flags)
+    host = PluginHost(parse_selection(early[plugins_env]))
+    config = resolve((*kernel_specs, *host.settings()), environ, flags)
+    return host, config
+
+
+def _report_plugins(host: PluginHost) -> None:
+    for info in host.failed:
+        print(f"herd: plugin {info.name} ({info.dist}) was not loaded: {info.error}", file=sys.stderr)
+    for pattern in host.unmatched_patterns():
+        print(f"herd: no installed plugin matches {pattern!r}", file=sys.stderr)
+
+
+# --- herd ---------------------------------------------------------------------------------------
+
+
+def _router_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herd", description="Herd router: one URL for every Ollama machine in the house."
+    )
+    parser.add_argument("--version", "-V", action="version", version=f"herd {__version__}")
+    parser.add_argument("--host", help="listen address (FLEET_HOST, default 0.0.0.0)")
+    parser.add_argument("--port", type=int, help="listen port (FLEET_PORT, default 11435)")
+    parser.add_argument("--plugins", help="plugins to load, names or globs, comma-separated")
+    parser.add_argument("--data-dir", help="data directory (FLEET_DATA_DIR)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (FLEET_LOG_LEVEL)")
+    parser.add_argument("--no-local-node", action="store_true",
+                        help="do not start a node agent for a local Ollama")
+    parser.add_argument("--ollama-host", default=None,
+                        help=f"local Ollama to serve with a built-in agent (default {LOCAL_OLLAMA})")
+    parser.add_argument("--demo", action="store_true",
+                        help="also start a simulated fleet (herd-sim) with a node agent each")
+    parser.add_argument("--demo-nodes", type=int, default=3, help="simulated nodes for --demo")
+    sub = parser.add_subparsers(dest="command")
+    plugins = sub.add_parser("plugins", help="list installed plugins and what each registers")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+    plugins.add_argument("--plugins", dest="plugins_sub", help="only these plugins")
+    return parser
+
+
+def herd_main(argv: Sequence[str] | None = None) -> int:
+    args = _router_parser().parse_args(argv)
+    flags = {
+        "FLEET_HOST": args.host,
+        "FLEET_PORT": args.port,
+        "FLEET_PLUGINS": getattr(args, "plugins_sub", None) or args.plugins,
+        "FLEET_DATA_DIR": args.data_dir,
+        "FLEET_LOG_LEVEL": args.log_level,
+    }
+    if args.demo and args.host is None and "FLEET_HOST" not in os.environ:
+        flags["FLEET_HOST"] = "127.0.0.1"  # a demo has no business on the LAN
+    try:
+        host, config = load(flags, "FLEET_PLUGINS")
+    except (SettingError, PluginError) as exc:
+        print(f"herd: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "plugins":
+        return _plugins_command(host, config, as_json=args.json)
+    setup_logging(config["FLEET_LOG_LEVEL"], config["FLEET_DATA_DIR"])
+    _report_plugins(host)
+    try:
+        return asyncio.run(_serve_router(host, config, args))
+    except KeyboardInterrupt:
+        return 0
+    except (PluginError, OSError, RuntimeError) as exc:
+        print(f"herd: {exc}", file=sys.stderr)
+        return 1
+
+
+def _plugins_command(host: PluginHost, config: Config, *, as_json: bool) -> int:
+    try:
+        rows = host.describe(config)
+    except PluginError as exc:
+        print(f"herd: {exc}", file=sys.stderr)
+        return 1
+    failed = [{"name": f.name, "dist": f.dist, "version": f.version, "error": f.error} for f in host.failed]
+    if as_json:
+        print(json.dumps({"plugins": rows, "failed": failed}, indent=2))
+        return 0
+    if not rows and not failed:
+        print("no plugins installed")
+    for row in rows:
+        print(f"{row['name']}  ({row['dist']} {row['version']})")
+        for family, items in row["provides"].items():
+            print(f"    {family}: {', '.join(items) if items else '-'}")
+    for row in failed:
+        print(f"{row['name']}  ({row['dist']} {row['version']})  FAILED: {row['error']}")
+    return 0
+
+
+async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespace) -> int:
+    from herd_kernel.app import create_app
+
+    app = create_app(config, host)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    bind, port = config["FLEET_HOST"], config["FLEET_PORT"]
+    site = web.TCPSite(runner, bind, port, reuse_address=True)
+    await site.start()
+    local = f"http://127.0.0.1:{port}"
+    stop = asyncio.Event()
+    _on_signals(stop.set)
+    background: list[Callable[[], Any]] = []
+    print(f"Herd {__version__} routing on http://{bind}:{port}", file=sys.stderr)
+    try:
+        ollama = args.ollama_host or LOCAL_OLLAMA
+        if not args.no_local_node:
+            if await _ollama_answers(ollama):
+                print(f"  local Ollama at {ollama}: adding this machine as a node", file=sys.stderr)
+                background.append(await _start_agent(host, config, local, ollama, None))
+            else:
+                print(f"  no Ollama answered at {ollama}; this machine is not a node.", file=sys.stderr)
+                if not args.demo:
+                    print("  try `herd --demo` for a simulated fleet, or add machines with\n"
+                          f"  `herd-node --router-url http://<this machine>:{port}`", file=sys.stderr)
+        if args.demo:
+            background.append(await _start_demo(host, config, local, args.demo_nodes))
+        print(f"  status:  curl {local}/fleet/status\n"
+              f"  chat:    curl {local}/api/chat -d "
+              "'{\"model\":\"llama3.2:3b\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'",
+              file=sys.stderr)
+        await stop.wait()
+    finally:
+        for closer in reversed(background):
+            await closer()
+        await runner.cleanup()
+    return 0
+
+
+async def _ollama_answers(url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as http:
+            async with http.get(f"{url.rstrip('/')}/api/version") as response:
+                body = await response.json(content_type=None)
+                return response.status == 200 and isinstance(body, dict) and "version" in body
+    except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
+        return False
+
+
+async def _start_agent(
+    host: PluginHost, config: Config, router_url: str, ollama: str, node_id: str | None
+) -> Callable[[], Any]:
+    from herd_kernel.node.agent import NodeAgent
+
+    overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama}
+    if node_id:
+        overrides["node_id"] = node_id
+    agent = NodeAgent(config.with_overrides(**overrides), host)
+    task = asyncio.create_task(agent.run(), name=f"herd-agent-{agent.node_id}")
+
+    async def close() -> None:
+        agent.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+    return close
+
+
+async def _start_demo(host: PluginHost, config: Config, router_url: str, count: int) -> Callable[[], Any]:
+    try:
+        from herd_sim import PROFILES, SimFleet
+    except ImportError:
+        raise RuntimeError("--demo needs the herd-sim package (contrib/herd-sim)") from None
+    names = list(PROFILES)
+    profiles = []
+    for i in range(max(1, count)):
+        base = PROFILES[names[i % len(names)]]
+        suffix = "" if i < len(names) else f"-{i // len(names) + 1}"
+        profiles.append(_renamed(base, f"sim-{base.name}{suffix}"))
+    fleet = SimFleet(profiles, host="127.0.0.1")
+    await fleet.start()
+    closers = []
+    for name, node in fleet.nodes.items():
+        closers.append(await _start_agent(host, config, router_url, node.url, name))
+        print(f"  simulated node {name} at {node.url}", file=sys.stderr)
+
+    async def close() -> None:
+        for closer in closers:
+            await closer()
+        await fleet.stop()
+
+    return close
+
+
+def _renamed(profile: Any, name: str) -> Any:
+    import attrs
+
+    return attrs.evolve(profile, name=name)
+
+
+def _on_signals(callback: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, callback)
+        except (NotImplementedError, RuntimeError):  # Windows
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(callback))
+
+
+# --- herd-node ----------------------------------------------------------------------------------
+
+
+def _node_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herd-node", description="Herd node agent: reports this machine to the router."
+    )
+    parser.add_argument("--version", "-V", action="version", version=f"herd-node {__version__}")
+    parser.add_argument("--router-url", help="router URL (FLEET_NODE_ROUTER_URL); empty = discover")
+    parser.add_argument("--ollama-host", help="local Ollama URL (FLEET_NODE_OLLAMA_HOST)")
+    parser.add_argument("--node-id", help="this node's name (FLEET_NODE_NODE_ID, default host name)")
+    parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
+    parser.add_argument("--plugins", help="plugins to load, names or globs, comma-separated")
+    parser.add_argument("--data-dir", help="data directory (FLEET_NODE_DATA_DIR / FLEET_DATA_DIR)")
+    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
+    return parser
+
+
+def node_main(argv: Sequence[str] | None = None) -> int:
+    args = _node_parser().parse_args(argv)
+    flags = {
+        "FLEET_NODE_ROUTER_URL": args.router_url,
+        "FLEET_NODE_OLLAMA_HOST": args.ollama_host,
+        "FLEET_NODE_NODE_ID": args.node_id,
+        "FLEET_NODE_HEARTBEAT_INTERVAL": args.heartbeat_interval,
+        "FLEET_NODE_PLUGINS": args.plugins,
+        "FLEET_NODE_DATA_DIR": args.data_dir,
+        "FLEET_NODE_LOG_LEVEL": args.log_level,
+    }
+    try:
+        host, config = load(flags, "FLEET_NODE_PLUGINS")
+    except (SettingError, PluginError) as exc:
+        print(f"herd-node: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config["FLEET_NODE_LOG_LEVEL"], config["FLEET_NODE_DATA_DIR"], "herd-node.jsonl")
+    _report_plugins(host)
+    try:
+        return asyncio.run(_run_node(host, config))
+    except KeyboardInterrupt:
+        return 0
+    except (PluginError, RuntimeError) as exc:
+        print(f"herd-node: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _run_node(host: PluginHost, config: Config) -> int:
+    from herd_kernel.node.agent import NodeAgent
+
+    agent = NodeAgent(config, host)
+    _on_signals(agent.stop)
+    await agent.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(herd_main())

@@ -1,0 +1,248 @@
+"""Typed settings: every knob is a ``FLEET_*`` (router) or ``FLEET_NODE_*`` (node) variable,
+declared once with its type, default and help. CLI flags override the environment, which
+overrides the defaults. Plugins declare their own settings through the ``herd_settings`` hook and
+read them from the same resolved ``Config``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from attrs import frozen
+
+Scope = Literal["router", "node", "both"]
+
+
+@frozen(kw_only=True)
+class Setting:
+    """One configuration variable. ``env`` is the full variable name (``FLEET_SCORE_MODEL_HOT``)."""
+
+    env: str
+    type: type
+    default: Any
+    help: str
+    scope: Scope = "router"
+
+    @property
+    def key(self) -> str:
+        """The short, lower-case name used in code: ``FLEET_NODE_ROUTER_URL`` -> ``router_url``."""
+        for prefix in ("FLEET_NODE_", "FLEET_"):
+            if self.env.startswith(prefix):
+                return self.env[len(prefix) :].lower()
+        return self.env.lower()
+
+
+class SettingError(ValueError):
+    """A variable or flag has a value its declared type cannot take."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def parse_value(setting: Setting, raw: Any) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind = setting.type
+    try:
+        if kind is bool:
+            low = raw.strip().lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(raw)
+        if kind is int:
+            return int(raw.strip())
+        if kind is float:
+            return float(raw.strip())
+        if kind is Path:
+            return Path(raw).expanduser()
+        return raw
+    except ValueError:
+        raise SettingError(
+            f"{setting.env}={raw!r} is not a valid {kind.__name__}: {setting.help}"
+        ) from None
+
+
+class Config(Mapping[str, Any]):
+    """Resolved settings, readable by env name (``cfg["FLEET_PORT"]``) or attribute (``cfg.port``)."""
+
+    def __init__(self, specs: Iterable[Setting], values: Mapping[str, Any]) -> None:
+        self._specs = {s.env: s for s in specs}
+        self._values = dict(values)
+        self._by_key = {s.key: s.env for s in self._specs.values()}
+
+    def __getitem__(self, env: str) -> Any:
+        return self._values[env]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __getattr__(self, key: str) -> Any:
+        try:
+            return self._values[self._by_key[key]]
+        except KeyError:
+            raise AttributeError(key) from None
+
+    @property
+    def specs(self) -> list[Setting]:
+        return list(self._specs.values())
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        values = dict(self._values)
+        for key, value in overrides.items():
+            values[self._by_key.get(key, key)] = value
+        return Config(self._specs.values(), values)
+
+
+def resolve(
+    specs: Iterable[Setting],
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Defaults, then the environment, then CLI flags (keyed by env name or short key)."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    specs = list(specs)
+    by_key = {s.key: s for s in specs}
+    values: dict[str, Any] = {}
+    for spec in specs:
+        value = spec.default
+        if spec.env in environ:
+            value = parse_value(spec, environ[spec.env])
+        values[spec.env] = value
+    for name, raw in flags.items():
+        spec = next((s for s in specs if s.env == name), None) or by_key.get(name)
+        if spec is None:
+            raise SettingError(f"unknown setting {name}")
+        values[spec.env] = parse_value(spec, raw)
+    return Config(specs, values)
+
+
+def _default_data_dir() -> Path:
+    return Path("~/.fleet-manager").expanduser()
+
+
+# The kernel's own settings. Plugins add theirs through the ``herd_settings`` hook.
+ROUTER_SETTINGS: tuple[Setting, ...] = (
+    Setting(env="FLEET_HOST", type=str, default="0.0.0.0", help="Address the router listens on."),
+    Setting(env="FLEET_PORT", type=int, default=11435, help="Port the router listens on."),
+    Setting(
+        env="FLEET_DATA_DIR",
+        type=Path,
+        default=_default_data_dir(),
+        help="Where the router keeps its databases and logs (logs/herd.jsonl).",
+        scope="both",
+    ),
+    Setting(
+        env="FLEET_LOG_LEVEL",
+        type=str,
+        default="INFO",
+        help="Log level for the console and the JSON log file (DEBUG, INFO, WARNING, ERROR).",
+        scope="both",
+    ),
+    Setting(
+        env="FLEET_PLUGINS",
+        type=str,
+        default="",
+        help="Comma-separated plugin names or globs to load (e.g. 'signal-*,backend-ollama'); "
+        "empty loads every installed plugin.",
+        scope="both",
+    ),
+    Setting(
+        env="FLEET_HEARTBEAT_TIMEOUT",
+        type=float,
+        default=15.0,
+        help="Seconds without a heartbeat before a node is marked degraded.",
+    ),
+    Setting(
+        env="FLEET_HEARTBEAT_OFFLINE",
+        type=float,
+        default=30.0,
+        help="Seconds without a heartbeat before a node is marked offline and stops getting work.",
+    ),
+    Setting(
+        env="FLEET_MAX_RETRIES",
+        type=int,
+        default=2,
+        help="How many other nodes to try when a node fails before the first byte reaches the client.",
+    ),
+    Setting(
+        env="FLEET_MAX_BODY_MB",
+        type=float,
+        default=64.0,
+        help="Largest request body accepted, in MiB (images travel base64 inside JSON).",
+    ),
+    Setting(
+        env="FLEET_CONNECT_TIMEOUT",
+        type=float,
+        default=5.0,
+        help="Seconds to wait for a TCP connection to a node before trying the next one.",
+    ),
+    Setting(
+        env="FLEET_READ_TIMEOUT",
+        type=float,
+        default=600.0,
+        help="Seconds a node may stay silent mid-response before the request fails.",
+    ),
+)
+
+NODE_SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        env="FLEET_NODE_ROUTER_URL",
+        type=str,
+        default="",
+        help="Router to report to, e.g. http://192.168.1.10:11435; empty finds it by discovery.",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_OLLAMA_HOST",
+        type=str,
+        default="http://localhost:11434",
+        help="The local Ollama this agent describes and serves.",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_NODE_ID",
+        type=str,
+        default=socket.gethostname(),
+        help="This node's name in the fleet (default: the host name).",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_HEARTBEAT_INTERVAL",
+        type=float,
+        default=5.0,
+        help="Seconds between heartbeats (fixed rate: a slow probe does not stretch the period).",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_DATA_DIR",
+        type=Path,
+        default=_default_data_dir(),
+        help="Where the node agent keeps its state and logs.",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_LOG_LEVEL",
+        type=str,
+        default="INFO",
+        help="Node agent log level.",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_PLUGINS",
+        type=str,
+        default="",
+        help="Comma-separated plugin names or globs the node agent loads; empty loads all.",
+        scope="node",
+    ),
+)

@@ -1,0 +1,167 @@
+"""The heartbeat loop: at a fixed rate, read every sensor and backend probe concurrently (each
+with a timeout, none blocking the loop), merge their fragments into one heartbeat and post it to
+the router. On stop it tells the router it is draining, so work stops at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import platform
+import socket
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import aiohttp
+import structlog
+
+from herd_kernel import __version__
+from herd_kernel.api import NodeContext
+from herd_kernel.config import Config
+from herd_kernel.plugins import PluginHost
+
+log = structlog.get_logger("herd.node")
+
+
+class NodeAgent:
+    def __init__(self, config: Config, host: PluginHost) -> None:
+        self.config = config
+        self.host = host
+        self.node_id: str = config["FLEET_NODE_NODE_ID"]
+        self.interval: float = config["FLEET_NODE_HEARTBEAT_INTERVAL"]
+        self.router_url: str = config["FLEET_NODE_ROUTER_URL"].rstrip("/")
+        self.sensors = host.sensors(config)
+        self.backends = host.backends(config)
+        self.discoveries = host.discoveries(config)
+        self.http: aiohttp.ClientSession | None = None
+        self.heartbeats_sent = 0
+        self.failures = 0
+        self.last_status: str | None = None
+        self._stopping = asyncio.Event()
+        self._static = {
+            "hostname": socket.gethostname(),
+            "arch": platform.machine(),
+            "os": platform.system().lower(),
+        }
+
+    @property
+    def context(self) -> NodeContext:
+        assert self.http is not None
+        return NodeContext(config=self.config, node_id=self.node_id, http=self.http)
+
+    async def collect(self) -> dict[str, Any]:
+        """One heartbeat payload: static facts, then sensors in order, then backend reports."""
+        ctx = self.context
+        budget = max(0.5, self.interval * 0.8)
+        readers = [(s.name, s.read(ctx)) for s in self.sensors]
+        readers += [(f"backend:{b.name}", b.probe(ctx)) for b in self.backends]
+        results = await asyncio.gather(
+            *(asyncio.wait_for(coro, budget) for _, coro in readers), return_exceptions=True
+        )
+        payload: dict[str, Any] = {
+            "node_id": self.node_id,
+            "agent_version": __version__,
+            "timestamp": time.time(),
+            **self._static,
+        }
+        extras: dict[str, Any] = {}
+        for (name, _), result in zip(readers, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("probe failed", probe=name, error=repr(result))
+                continue
+            if not isinstance(result, Mapping):
+                log.warning("probe returned a non-mapping", probe=name)
+                continue
+            for key, value in result.items():
+                if key == "extras" and isinstance(value, Mapping):
+                    extras.update(value)
+                else:
+                    payload[key] = value
+        if extras:
+            payload["extras"] = extras
+        return payload
+
+    async def send(self, payload: Mapping[str, Any]) -> dict[str, Any] | None:
+        assert self.http is not None
+        try:
+            async with self.http.post(
+                f"{self.router_url}/heartbeat",
+                json=payload,
+                timeout=aiohttp.ClientTimeout(total=max(2.0, self.interval)),
+            ) as response:
+                body = await response.json(content_type=None)
+                if response.status != 200:
+                    raise RuntimeError(f"router said {response.status}: {body}")
+        except Exception as exc:  # noqa: BLE001 - the router may be down; keep trying
+            self.failures += 1
+            if self.failures == 1 or self.failures % 12 == 0:
+                log.warning("heartbeat failed", router=self.router_url, error=repr(exc),
+                            failures=self.failures)
+            return None
+        if self.failures:
+            log.info("router reachable again", router=self.router_url, after=self.failures)
+        self.failures = 0
+        self.heartbeats_sent += 1
+        status = body.get("node_status") if isinstance(body, dict) else None
+        if status != self.last_status:
+            log.info("registered with router", router=self.router_url, status=status)
+            self.last_status = status
+        return body
+
+    async def find_router(self) -> str:
+        if self.router_url:
+            return self.router_url
+        if not self.discoveries:
+            raise RuntimeError(
+                "no router URL given and no discovery plugin installed: "
+                "pass --router-url http://ROUTER:11435 (or set FLEET_NODE_ROUTER_URL)"
+            )
+        while not self._stopping.is_set():
+            for discovery in self.discoveries:
+                url = await discovery.find_router(self.config, timeout=10.0)
+                if url:
+                    log.info("found router", url=url, via=discovery.name)
+                    return url.rstrip("/")
+            log.info("no router found yet; still looking")
+        raise asyncio.CancelledError
+
+    async def run(self) -> None:
+        """Heartbeat at a fixed rate until ``stop()``; then send a draining heartbeat."""
+        async with aiohttp.ClientSession() as http:
+            self.http = http
+            self.router_url = await self.find_router()
+            log.info("node agent started", node=self.node_id, router=self.router_url,
+                     ollama=self.config["FLEET_NODE_OLLAMA_HOST"], interval=self.interval)
+            loop = asyncio.get_running_loop()
+            next_tick = loop.time()
+            while not self._stopping.is_set():
+                payload = await self.collect()
+                await self.send(payload)
+                # fixed rate: the next beat is due one interval after the last was due, however
+                # long this one took; beats that are already overdue are skipped, not bunched
+                next_tick += self.interval
+                now = loop.time()
+                if next_tick < now:
+                    next_tick = now + self.interval - ((now - next_tick) % self.interval)
+                try:
+                    await asyncio.wait_for(self._stopping.wait(), timeout=next_tick - now)
+                except TimeoutError:
+                    pass
+            await self.drain()
+        self.http = None
+
+    async def drain(self) -> None:
+        assert self.http is not None
+        try:
+            async with self.http.post(
+                f"{self.router_url}/heartbeat",
+                json={"node_id": self.node_id, "agent_version": __version__, "draining": True},
+                timeout=aiohttp.ClientTimeout(total=3),
+            ) as response:
+                await response.read()
+            log.info("told the router we are draining", router=self.router_url)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not tell the router we are draining", error=repr(exc))
+
+    def stop(self) -> None:
+        self._stopping.set()

@@ -1,0 +1,338 @@
+"""One proxied request's life: score -> dispatch -> relay -> trace, with transparent retry on
+another node while nothing has reached the client yet.
+
+Bytes are relayed as they arrive, cut only at frame boundaries (a newline for NDJSON, a blank line
+for SSE) so that a node dying mid-frame never leaves a half line in the client's stream; the
+stream then ends with an error frame in its own format.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from herd_kernel.models import Attempt, RouteRequest, Trace
+from herd_kernel.scoring import Decision, NoRoute
+from herd_kernel.wire import Api, error_response, stream_error
+
+if TYPE_CHECKING:
+    from herd_kernel.app import Services
+
+log = structlog.get_logger("herd.request")
+
+_TAIL = 16384  # bytes of stream kept to read the final chunk's token counts
+_FORWARD_HEADERS = ("Content-Type",)
+
+
+class UpstreamFailed(Exception):
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+class Pipeline:
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    async def proxy(
+        self,
+        request: web.Request,
+        route: RouteRequest,
+        body_for: Callable[[str], bytes],
+        *,
+        upstream_path: str,
+        not_found: Callable[[str], str],
+    ) -> web.StreamResponse:
+        """Route ``route`` and relay the chosen node's answer to ``request``.
+
+        ``body_for(model)`` gives the bytes to send for a model name (the client's own bytes when
+        nothing needs rewriting). ``not_found(model)`` is the API's 404 message.
+        """
+        services = self.services
+        fleet = services.fleet
+        api: Api = route.api
+        started = time.monotonic()
+        attempts: list[Attempt] = []
+        exclude: set[str] = set()
+        max_retries = services.config["FLEET_MAX_RETRIES"]
+        while True:
+            decision = services.scorer.choose(route, exclude)
+            if isinstance(decision, NoRoute):
+                return self._no_route(route, decision, attempts, started, not_found)
+            node = decision.node
+            fleet.started(node.node_id, decision.model_key)
+            upstream: aiohttp.ClientResponse | None = None
+            outcome = "failed"
+            try:
+                upstream = await self._open(node.ollama_url + upstream_path, body_for(decision.model))
+                response, fields = await self._relay(request, route, decision, upstream, attempts)
+                outcome = fields["status"]
+            except UpstreamFailed as exc:
+                # nothing has reached the client yet: try the next-best node
+                attempts.append(Attempt(node_id=node.node_id, outcome=exc.reason, status=exc.status))
+                exclude.add(node.node_id)
+                if len(attempts) > max_retries:
+                    return self._all_failed(route, attempts, started)
+                log.info("retrying on another node", node=node.node_id, reason=exc.reason)
+                continue
+            except asyncio.CancelledError:
+                outcome = "client_disconnected"
+                self._finish(route, started, decision, attempts, status=outcome, http_status=499,
+                             error_message="request cancelled")
+                raise
+            finally:
+                if upstream is not None:
+                    upstream.release()
+                fleet.finished(node.node_id, decision.model_key, ok=outcome == "completed")
+            self._finish(route, started, decision, attempts, **fields)
+            return response
+
+    # --- upstream ------------------------------------------------------------------------------
+
+    async def _open(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
+        try:
+            response = await self.services.http.post(
+                url, data=payload, headers={"Content-Type": "application/json"}
+            )
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            raise UpstreamFailed(f"connect: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+        if response.status >= 500 or response.status == 404:
+            # 5xx: the node is unwell; 404: its model list changed since its last heartbeat
+            try:
+                text = (await response.read())[:300].decode("utf-8", "replace")
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                text = ""
+            response.release()
+            raise UpstreamFailed(f"HTTP {response.status}: {_error_text(text)}", response.status)
+        return response
+
+    async def _relay(
+        self,
+        request: web.Request,
+        route: RouteRequest,
+        decision: Decision,
+        upstream: aiohttp.ClientResponse,
+        attempts: list[Attempt],
+    ) -> tuple[web.StreamResponse, dict[str, Any]]:
+        headers = self._fleet_headers(route, decision, attempts)
+        for name in _FORWARD_HEADERS:
+            if name in upstream.headers:
+                headers[name] = upstream.headers[name]
+        t0 = time.monotonic()
+
+        if not route.stream or upstream.status >= 400:
+            try:
+                payload = await upstream.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
+            response = web.Response(status=upstream.status, body=payload, headers=headers)
+            fields = _final_counts(payload, route.api, whole=True)
+            status = "completed" if upstream.status < 400 else "failed"
+            error = _error_text(payload[:300].decode("utf-8", "replace")) if status == "failed" else None
+            return response, {
+                "status": status,
+                "http_status": upstream.status,
+                "ttft_ms": (time.monotonic() - t0) * 1000,
+                "error_message": error,
+                **fields,
+            }
+
+        delimiter = b"\n\n" if route.api == "openai" else b"\n"
+        content = upstream.content
+        try:
+            first = await content.readany()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
+        if not first:
+            raise UpstreamFailed("empty response")
+        ttft_ms = (time.monotonic() - t0) * 1000
+
+        response = web.StreamResponse(status=upstream.status, headers=headers)
+        await response.prepare(request)
+        pending = first
+        tail = bytearray()
+        error: str | None = None
+        status = "completed"
+        try:
+            while True:
+                cut = pending.rfind(delimiter)
+                if cut >= 0:
+                    frame = pending[: cut + len(delimiter)]
+                    pending = pending[cut + len(delimiter) :]
+                    await response.write(frame)
+                    tail += frame
+                    if len(tail) > _TAIL:
+                        del tail[: len(tail) - _TAIL]
+                try:
+                    chunk = await content.readany()
+                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                    error = f"node {decision.node.node_id} failed mid-stream: {type(exc).__name__}"
+                    break
+                if not chunk:
+                    break
+                pending += chunk
+            if pending and error is None:
+                await response.write(pending)  # a last frame without its delimiter
+                tail += pending
+            if error is not None:
+                status = "failed"
+                await response.write(stream_error(route.api, error))
+            await response.write_eof()
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one too
+            status = "client_disconnected"
+            error = "client disconnected"
+        counts = _final_counts(bytes(tail), route.api, whole=False)
+        return response, {
+            "status": status,
+            "http_status": upstream.status,
+            "ttft_ms": ttft_ms,
+            "error_message": error,
+            **counts,
+        }
+
+    # --- responses and traces ------------------------------------------------------------------
+
+    def _fleet_headers(
+        self, route: RouteRequest, decision: Decision, attempts: list[Attempt]
+    ) -> dict[str, str]:
+        headers = {
+            "X-Fleet-Node": decision.node.node_id,
+            "X-Fleet-Score": _fmt(decision.score),
+            "X-Fleet-Score-Breakdown": decision.breakdown_header,
+            "X-Fleet-Retries": str(len(attempts)),
+            "X-Fleet-Served-Model": decision.model,
+            "X-Request-Id": route.request_id,
+        }
+        if decision.fallback:
+            headers["X-Fleet-Fallback"] = decision.model
+        return headers
+
+    def _no_route(
+        self,
+        route: RouteRequest,
+        decision: NoRoute,
+        attempts: list[Attempt],
+        started: float,
+        not_found: Callable[[str], str],
+    ) -> web.Response:
+        if attempts:
+            return self._all_failed(route, attempts, started)
+        if decision.kind == "unknown_model":
+            message = not_found(route.model)
+            status = 404
+        else:
+            reasons = ", ".join(f"{n}: {r}" for n, r in sorted(decision.eliminated.items()))
+            message = f"no node can serve model '{route.model}' right now ({reasons})"
+            status = 503
+        headers = {"X-Request-Id": route.request_id}
+        if status == 503:
+            headers.update({"Retry-After": "5", "x-should-retry": "false"})
+        self._finish(route, started, None, attempts, status="rejected", http_status=status,
+                     error_message=message)
+        return error_response(route.api, status, message, headers=headers)
+
+    def _all_failed(self, route: RouteRequest, attempts: list[Attempt], started: float) -> web.Response:
+        detail = "; ".join(f"{a.node_id}: {a.outcome}" for a in attempts)
+        message = f"every node that can serve model '{route.model}' failed ({detail})"
+        self._finish(route, started, None, attempts, status="failed", http_status=502,
+                     error_message=message)
+        headers = {"X-Request-Id": route.request_id, "X-Fleet-Retries": str(len(attempts) - 1),
+                   "x-should-retry": "false"}
+        return error_response(route.api, 502, message, headers=headers)
+
+    def _finish(
+        self,
+        route: RouteRequest,
+        started: float,
+        decision: Decision | None,
+        attempts: list[Attempt],
+        *,
+        status: str,
+        http_status: int,
+        ttft_ms: float | None = None,
+        error_message: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+    ) -> None:
+        final = list(attempts)
+        if decision is not None:
+            final.append(Attempt(node_id=decision.node.node_id, outcome=status, status=http_status))
+        trace = Trace(
+            request_id=route.request_id,
+            timestamp=time.time(),
+            model=decision.model if decision else route.model,
+            api=route.api,
+            path=route.path,
+            node_id=decision.node.node_id if decision else None,
+            status=status,
+            http_status=http_status,
+            latency_ms=round((time.monotonic() - started) * 1000, 3),
+            ttft_ms=None if ttft_ms is None else round(ttft_ms, 3),
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            retries=len(attempts),
+            score=decision.score if decision else None,
+            score_breakdown=dict(decision.breakdown) if decision else {},
+            attempts=tuple(final),
+            tags=route.tags,
+            error_message=error_message,
+            stream=route.stream,
+        )
+        self.services.record(trace)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0")
+
+
+def _error_text(text: str) -> str:
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return text.strip()[:200]
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict):
+        err = err.get("message")
+    return str(err if err is not None else text)[:200]
+
+
+def _final_counts(data: bytes, api: Api, *, whole: bool) -> dict[str, int | None]:
+    """Token counts from the last JSON object of a response (Ollama final chunk or OpenAI usage)."""
+    text = data.decode("utf-8", "replace")
+    if whole:
+        candidates = [text]
+    else:
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        candidates = [ln.removeprefix("data: ") for ln in reversed(lines[-4:])]
+    for candidate in candidates:
+        try:
+            obj = json.loads(candidate)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict):
+            continue
+        usage = obj.get("usage")
+        if isinstance(usage, dict):
+            return {
+                "prompt_tokens": usage.get("prompt_tokens"),
+                "completion_tokens": usage.get("completion_tokens"),
+            }
+        if "eval_count" in obj or "prompt_eval_count" in obj:
+            return {
+                "prompt_tokens": obj.get("prompt_eval_count"),
+                "completion_tokens": obj.get("eval_count"),
+            }
+    return {"prompt_tokens": None, "completion_tokens": None}

@@ -1,0 +1,227 @@
+"""The plugin host: the single place that touches pluggy.
+
+It discovers plugins through the ``herd`` entry point group, filters them by name or glob *before*
+importing them, reports a plugin that fails to import by name instead of crashing, and exposes
+typed, validated, flattened results of the registration hooks.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.metadata as md
+import inspect
+from collections.abc import Iterable, Sequence
+from types import ModuleType
+from typing import Any
+
+import attrs
+import pluggy
+import structlog
+
+from herd_kernel import hookspecs
+from herd_kernel.config import Config, Setting
+
+ENTRY_POINT_GROUP = "herd"
+log = structlog.get_logger("herd.plugins")
+
+
+@attrs.frozen(kw_only=True)
+class PluginInfo:
+    name: str  # entry point name, e.g. "signal-thermal"
+    dist: str  # distribution, e.g. "herd-signal-thermal"
+    version: str
+    module: str
+    error: str | None = None  # why it could not be loaded
+
+
+class PluginError(RuntimeError):
+    """A plugin returned something the kernel cannot use; the message names the plugin."""
+
+
+def parse_selection(text: str | Sequence[str] | None) -> list[str]:
+    if text is None:
+        return []
+    items = text.split(",") if isinstance(text, str) else list(text)
+    return [item.strip() for item in items if item.strip()]
+
+
+def selected(name: str, patterns: Sequence[str]) -> bool:
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+class PluginHost:
+    """Loads plugins and calls their hooks. ``patterns`` selects by entry name (globs allowed)."""
+
+    def __init__(self, patterns: Sequence[str] = (), *, load_entry_points: bool = True) -> None:
+        self.pm = pluggy.PluginManager("herd")
+        self.pm.add_hookspecs(hookspecs.HerdSpec)
+        self.patterns = list(patterns)
+        self.loaded: list[PluginInfo] = []
+        self.failed: list[PluginInfo] = []
+        self.skipped: list[PluginInfo] = []
+        if load_entry_points:
+            self._load_entry_points()
+
+    # --- loading -------------------------------------------------------------------------------
+
+    def _load_entry_points(self) -> None:
+        seen: dict[str, str] = {}
+        for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            dist = ep.dist.name if ep.dist is not None else "?"
+            version = ep.dist.version if ep.dist is not None else "?"
+            info = PluginInfo(name=ep.name, dist=dist, version=version, module=ep.value)
+            if not selected(ep.name, self.patterns):
+                self.skipped.append(info)
+                continue
+            if ep.name in seen:
+                self.failed.append(
+                    attrs.evolve(info, error=f"duplicate plugin name, also provided by {seen[ep.name]}")
+                )
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
+                self.failed.append(attrs.evolve(info, error=f"{type(exc).__name__}: {exc}"))
+                log.warning("plugin failed to load", plugin=ep.name, dist=dist, error=str(exc))
+                continue
+            seen[ep.name] = dist
+            self.register(module, info)
+
+    def register(self, plugin: ModuleType | object, info: PluginInfo | None = None) -> None:
+        """Register a plugin object directly (tests, embedding applications)."""
+        if info is None:
+            name = getattr(plugin, "__name__", type(plugin).__name__)
+            info = PluginInfo(name=name, dist="(registered)", version="", module=name)
+        self.pm.register(plugin, name=info.name)
+        self.loaded.append(info)
+
+    def unmatched_patterns(self) -> list[str]:
+        names = [p.name for p in (*self.loaded, *self.failed, *self.skipped)]
+        return [p for p in self.patterns if not any(fnmatch.fnmatchcase(n, p) for n in names)]
+
+    # --- calling -------------------------------------------------------------------------------
+
+    def _call(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        """Call one hook on every plugin, keeping which plugin produced each result."""
+        hook = getattr(self.pm.hook, hook_name)
+        results: list[tuple[str, Any]] = []
+        for impl in hook.get_hookimpls():  # registration order
+            args = {k: v for k, v in kwargs.items() if k in impl.argnames}
+            results.append((impl.plugin_name, impl.function(**args)))
+        return results
+
+    def _collect(self, hook_name: str, kind: type | None, required: Iterable[str], **kwargs: Any):
+        out: list[tuple[str, Any]] = []
+        for plugin, items in self._call(hook_name, **kwargs):
+            if items is None:
+                continue
+            if not isinstance(items, list | tuple):
+                raise PluginError(f"plugin {plugin!r}: {hook_name} must return a list, got {items!r}")
+            for item in items:
+                if kind is not None and not isinstance(item, kind):
+                    raise PluginError(f"plugin {plugin!r}: {hook_name} returned {item!r}")
+                missing = [a for a in required if not hasattr(item, a)]
+                if missing:
+                    raise PluginError(
+                        f"plugin {plugin!r}: {hook_name} returned {item!r} without {missing}"
+                    )
+                out.append((plugin, item))
+        return out
+
+    def _unique(self, hook_name: str, pairs: list[tuple[str, Any]], attr: str) -> list[Any]:
+        owners: dict[str, str] = {}
+        for plugin, item in pairs:
+            key = getattr(item, attr)
+            if key in owners:
+                raise PluginError(
+                    f"{hook_name}: {attr} {key!r} registered by both {owners[key]!r} and {plugin!r}"
+                )
+            owners[key] = plugin
+        return [item for _, item in pairs]
+
+    def settings(self) -> list[Setting]:
+        return self._unique("herd_settings", self._collect("herd_settings", Setting, ()), "env")
+
+    def signals(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_signals", None, ("name", "weight", "score"), config=config)
+        return self._unique("herd_signals", pairs, "name")
+
+    def backends(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_backends", None, ("name", "routes", "probe"), config=config)
+        return self._unique("herd_backends", pairs, "name")
+
+    def sensors(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_node_sensors", None, ("name", "read"), config=config)
+        items = self._unique("herd_node_sensors", pairs, "name")
+        return sorted(items, key=lambda s: (getattr(s, "order", 100), s.name))
+
+    def discoveries(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_discovery", None, ("name", "find_router"), config=config)
+        return self._unique("herd_discovery", pairs, "name")
+
+    def health_checks(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_health_checks", None, ("id", "evaluate"), config=config)
+        return self._unique("herd_health_checks", pairs, "id")
+
+    def panels(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_dashboard_panels", None, ("id", "title"), config=config)
+        return sorted(self._unique("herd_dashboard_panels", pairs, "id"), key=lambda p: (p.order, p.id))
+
+    async def lifecycle(self, hook_name: str, services: Any, *, reverse: bool = False) -> None:
+        """Call herd_startup / herd_shutdown on each plugin, awaiting results that are awaitable."""
+        calls = self._call_lazy(hook_name)
+        for plugin, function, argnames in reversed(calls) if reverse else calls:
+            try:
+                result = function(**({"services": services} if "services" in argnames else {}))
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:  # noqa: BLE001 - a plugin must not take the router down
+                log.error("plugin lifecycle hook failed", plugin=plugin, hook=hook_name, error=repr(exc))
+
+    def _call_lazy(self, hook_name: str) -> list[tuple[str, Any, tuple[str, ...]]]:
+        hook = getattr(self.pm.hook, hook_name)
+        return [(i.plugin_name, i.function, i.argnames) for i in hook.get_hookimpls()]
+
+    def has_impls(self, hook_name: str) -> bool:
+        return bool(getattr(self.pm.hook, hook_name).get_hookimpls())
+
+    def notify(self, hook_name: str, **kwargs: Any) -> None:
+        """Fire an event hook; a plugin that raises is logged by name and the rest still run."""
+        for plugin, function, argnames in self._call_lazy(hook_name):
+            try:
+                function(**{k: v for k, v in kwargs.items() if k in argnames})
+            except Exception as exc:  # noqa: BLE001
+                log.error("plugin event hook failed", plugin=plugin, hook=hook_name, error=repr(exc))
+
+    # --- describing ----------------------------------------------------------------------------
+
+    def describe(self, config: Config) -> list[dict[str, Any]]:
+        """What each loaded plugin registers, for ``herd plugins``."""
+        rows = []
+        families = {
+            "settings": ("herd_settings", "env", {}),
+            "signals": ("herd_signals", "name", {"config": config}),
+            "backends": ("herd_backends", "name", {"config": config}),
+            "sensors": ("herd_node_sensors", "name", {"config": config}),
+            "discovery": ("herd_discovery", "name", {"config": config}),
+            "health checks": ("herd_health_checks", "id", {"config": config}),
+            "panels": ("herd_dashboard_panels", "id", {"config": config}),
+        }
+        for info in self.loaded:
+            plugin = self.pm.get_plugin(info.name)
+            provides: dict[str, list[str]] = {}
+            for family, (hook_name, attr, kwargs) in families.items():
+                for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                    if impl.plugin is not plugin:
+                        continue
+                    items = impl.function(**{k: v for k, v in kwargs.items() if k in impl.argnames})
+                    provides[family] = [str(getattr(i, attr, i)) for i in items or ()]
+            events = [
+                name
+                for name in ("herd_startup", "herd_shutdown", "herd_request_finished", "herd_node_status_changed")
+                if any(i.plugin is plugin for i in getattr(self.pm.hook, name).get_hookimpls())
+            ]
+            if events:
+                provides["events"] = events
+            rows.append({**attrs.asdict(info), "provides": provides})
+        return rows

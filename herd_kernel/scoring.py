@@ -1,0 +1,160 @@
+"""Routing decisions: eliminate the nodes that cannot serve (with a reason each), score the rest
+with every registered signal, pick the highest weighted sum. Pure CPU work, no I/O, linear in the
+number of nodes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Sequence
+from typing import Any, Literal
+
+import attrs
+import structlog
+from attrs import field, frozen
+
+from herd_kernel.api import Candidate, ScoringContext
+from herd_kernel.config import Config
+from herd_kernel.fleet import Fleet
+from herd_kernel.models import NodeState, RouteRequest, normalize_model
+
+log = structlog.get_logger("herd.scoring")
+
+
+@frozen(kw_only=True)
+class Decision:
+    node: NodeState
+    model: str  # the model name to send upstream (as requested, or the fallback as written)
+    model_key: str
+    score: float
+    breakdown: dict[str, float]
+    eliminated: dict[str, str] = field(factory=dict)  # node_id -> reason
+    fallback: bool = False
+
+    @property
+    def breakdown_header(self) -> str:
+        return ";".join(f"{name}={_fmt(value)}" for name, value in self.breakdown.items())
+
+
+@frozen(kw_only=True)
+class NoRoute:
+    kind: Literal["unknown_model", "unavailable"]
+    model: str
+    eliminated: dict[str, str] = field(factory=dict)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0")
+
+
+class Scorer:
+    def __init__(self, fleet: Fleet, signals: Sequence[Any], config: Config) -> None:
+        self.fleet = fleet
+        self.signals = list(signals)
+        self.config = config
+        self._broken: set[str] = set()
+
+    def choose(self, request: RouteRequest, exclude: Collection[str] = ()) -> Decision | NoRoute:
+        """Best node for the request's model, else for each fallback model in order."""
+        first: NoRoute | None = None
+        for index, model in enumerate((request.model, *request.fallback_models)):
+            result = self.choose_model(request, model, exclude)
+            if isinstance(result, Decision):
+                if index:
+                    return attrs.evolve(result, fallback=True)
+                return result
+            first = first or result
+        assert first is not None
+        if first.kind == "unknown_model" and request.fallback_models:
+            # the requested model is unknown, but a fallback exists somewhere and is just busy
+            if any(self.fleet.holders(normalize_model(m)) for m in request.fallback_models):
+                return NoRoute(kind="unavailable", model=request.model, eliminated=first.eliminated)
+        return first
+
+    def choose_model(
+        self, request: RouteRequest, model: str, exclude: Collection[str] = ()
+    ) -> Decision | NoRoute:
+        key = normalize_model(model)
+        now = self.fleet.clock()
+        candidates: list[Candidate] = []
+        eliminated: dict[str, str] = {}
+        known = False
+        for node in self.fleet.nodes.values():
+            loaded = node.loaded.get(key)
+            available = node.available.get(key)
+            if loaded is None and available is None:
+                continue
+            known = True
+            reason = _elimination_reason(node, exclude)
+            if reason:
+                eliminated[node.node_id] = reason
+                continue
+            counters = self.fleet.queues.get((node.node_id, key))
+            unloaded = node.unloaded_at.get(key)
+            candidates.append(
+                Candidate(
+                    node=node,
+                    model=key,
+                    loaded=loaded,
+                    available=available,
+                    in_flight=counters.in_flight if counters else 0,
+                    node_in_flight=self.fleet.node_in_flight.get(node.node_id, 0),
+                    unloaded_ago=None if unloaded is None else now - unloaded,
+                )
+            )
+        if not candidates:
+            kind = "unavailable" if known else "unknown_model"
+            return NoRoute(kind=kind, model=model, eliminated=eliminated)
+
+        ctx = ScoringContext(request=request, model=key, now=now, config=self.config)
+        totals = [0.0] * len(candidates)
+        breakdowns: list[dict[str, float]] = [{} for _ in candidates]
+        for signal in self.signals:
+            values = self._run_signal(signal, ctx, candidates)
+            weight = signal.weight
+            low, high = signal.low, signal.high
+            for i, value in enumerate(values):
+                points = min(high, max(low, value)) * weight
+                totals[i] += points
+                breakdowns[i][signal.name] = round(points, 2)
+
+        # ties go to the node with fewer requests from us in flight, then to the lowest id
+        # (max keeps the first of equal keys, so walk the candidates in id order)
+        by_id = sorted(range(len(candidates)), key=lambda i: candidates[i].node_id)
+        best = max(by_id, key=lambda i: (totals[i], -candidates[i].node_in_flight))
+        return Decision(
+            node=candidates[best].node,
+            model=model,
+            model_key=key,
+            score=round(totals[best], 2),
+            breakdown=breakdowns[best],
+            eliminated=eliminated,
+        )
+
+    def _run_signal(
+        self, signal: Any, ctx: ScoringContext, candidates: list[Candidate]
+    ) -> Sequence[float]:
+        try:
+            values = signal.score(ctx, candidates)
+            if len(values) != len(candidates):
+                raise ValueError(f"returned {len(values)} scores for {len(candidates)} candidates")
+            return [v if isinstance(v, int | float) and math.isfinite(v) else 0.0 for v in values]
+        except Exception as exc:  # noqa: BLE001 - a broken signal scores neutral, routing goes on
+            if signal.name not in self._broken:
+                self._broken.add(signal.name)
+                log.error("signal failed; scoring it neutral", signal=signal.name, error=repr(exc))
+            return [0.0] * len(candidates)
+
+
+def _elimination_reason(node: NodeState, exclude: Collection[str]) -> str | None:
+    if node.node_id in exclude:
+        return "failed earlier attempt"
+    if node.status == "offline":
+        return "offline"
+    if node.heartbeat.draining:
+        return "draining"
+    if node.heartbeat.paused:
+        return "paused"
+    if not node.ollama_url:
+        return "no backend reported"
+    return None

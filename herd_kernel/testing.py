@@ -1,0 +1,167 @@
+"""Test helpers for Herd and its plugins, installed as a pytest plugin (entry point ``pytest11``).
+
+Fixtures start the real router and real node agents on loopback sockets:
+
+- ``herd_router(plugins="...", env={...}, extra=[plugin objects])`` -> ``RunningRouter``
+- ``herd_agent(router_url, ollama_url, node_id, interval=...)`` -> ``NodeAgent`` (running)
+
+and plain functions build configs and heartbeats without a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+import pytest
+from aiohttp import web
+
+from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS, Config, resolve
+from herd_kernel.plugins import PluginHost, parse_selection
+
+
+def make_host(plugins: str | None = None, extra: Iterable[object] = ()) -> PluginHost:
+    """A plugin host with the installed plugins matching ``plugins`` (None: all) plus ``extra``."""
+    host = PluginHost(parse_selection(plugins) if plugins is not None else ())
+    for plugin in extra:
+        host.register(plugin)
+    return host
+
+
+def make_config(host: PluginHost | None = None, env: Mapping[str, str] | None = None, **flags: Any) -> Config:
+    """A resolved config from ``env`` only (never the process environment) plus flags."""
+    specs = [*ROUTER_SETTINGS, *NODE_SETTINGS, *(host.settings() if host else ())]
+    return resolve(specs, dict(env or {}), flags)
+
+
+def heartbeat_payload(
+    node_id: str,
+    *,
+    url: str = "http://127.0.0.1:11434",
+    loaded: Iterable[str | Mapping[str, Any]] = (),
+    available: Iterable[str | Mapping[str, Any]] = (),
+    memory_gb: float = 32.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A heartbeat body as a node agent would send it."""
+
+    def entry(item: str | Mapping[str, Any]) -> dict[str, Any]:
+        return {"name": item} if isinstance(item, str) else dict(item)
+
+    return {
+        "node_id": node_id,
+        "agent_version": "test",
+        "timestamp": time.time(),
+        "cpu": {"cores_physical": 8, "cores_logical": 8, "utilization_pct": 5.0},
+        "memory": {"total_gb": memory_gb, "used_gb": 4.0, "available_gb": memory_gb - 4.0},
+        "disk": {"total_gb": 500.0, "used_gb": 100.0, "available_gb": 400.0},
+        "ollama": {
+            "url": url,
+            "version": "0.12.3",
+            "models_loaded": [entry(m) for m in loaded],
+            "models_available": [entry(m) for m in (*available, *loaded)],
+        },
+        **extra,
+    }
+
+
+async def wait_for(
+    predicate: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, interval: float = 0.02
+) -> None:
+    """Poll until ``predicate`` is true; fail the test with a clear message on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s: {predicate}")
+        await asyncio.sleep(interval)
+
+
+@attrs.define
+class RunningRouter:
+    url: str
+    app: web.Application
+    runner: web.AppRunner
+
+    @property
+    def services(self) -> Any:
+        from herd_kernel.app import SERVICES
+
+        return self.app[SERVICES]
+
+
+@pytest.fixture
+async def herd_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]]:
+    """Factory: start a real router on 127.0.0.1 with the selected plugins."""
+    from herd_kernel.app import create_app
+
+    runners: list[web.AppRunner] = []
+
+    async def start(
+        plugins: str | None = None,
+        env: Mapping[str, str] | None = None,
+        extra: Iterable[object] = (),
+    ) -> RunningRouter:
+        host = make_host(plugins, extra)
+        config = make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "router"), **(env or {})})
+        app = create_app(config, host)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return RunningRouter(url=f"http://127.0.0.1:{port}", app=app, runner=runner)
+
+    yield start
+    for runner in reversed(runners):
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def herd_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
+    """Factory: run a real node agent (in this event loop) against a router and an Ollama URL."""
+    from herd_kernel.node.agent import NodeAgent
+
+    running: list[tuple[Any, asyncio.Task[None]]] = []
+
+    async def start(
+        router_url: str,
+        ollama_url: str,
+        node_id: str,
+        *,
+        interval: float = 0.2,
+        plugins: str | None = None,
+        env: Mapping[str, str] | None = None,
+        wait: bool = True,
+    ) -> NodeAgent:
+        host = make_host(plugins)
+        config = make_config(
+            host,
+            {"FLEET_NODE_DATA_DIR": str(tmp_path / f"node-{node_id}"), **(env or {})},
+            FLEET_NODE_ROUTER_URL=router_url,
+            FLEET_NODE_OLLAMA_HOST=ollama_url,
+            FLEET_NODE_NODE_ID=node_id,
+            FLEET_NODE_HEARTBEAT_INTERVAL=interval,
+        )
+        agent = NodeAgent(config, host)
+        task = asyncio.create_task(agent.run())
+        running.append((agent, task))
+        if wait:
+            await wait_for(lambda: agent.heartbeats_sent > 0 or task.done())
+            if task.done():
+                task.result()
+        return agent
+
+    yield start
+    for agent, task in running:
+        agent.stop()
+    await asyncio.gather(*(task for _, task in running), return_exceptions=True)

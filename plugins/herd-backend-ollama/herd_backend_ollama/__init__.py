@@ -1,0 +1,29 @@
+"""The Ollama backend: Ollama-native and OpenAI-compatible routes on the router (``router``), the
+Ollama probe in every node's heartbeat (``node``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from herd_kernel.api import NodeContext, RouteDef
+from herd_kernel.config import Config
+from herd_kernel.hookspecs import hookimpl
+
+from herd_backend_ollama import node, router
+
+
+class OllamaBackend:
+    name = "ollama"
+    modalities = ("chat", "generate", "embed")
+
+    def routes(self, services: Any) -> Sequence[RouteDef]:
+        return router.routes(services)
+
+    async def probe(self, ctx: NodeContext) -> Mapping[str, Any]:
+        return await node.probe(ctx)
+
+
+@hookimpl
+def herd_backends(config: Config) -> list[OllamaBackend]:
+    return [OllamaBackend()]

@@ -1,0 +1,105 @@
+"""Node side of the Ollama backend: what the local Ollama has loaded (``/api/ps``), what it has on
+disk with sizes (``/api/tags``) and its version (``/api/version``), fetched concurrently once per
+heartbeat."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any
+
+import aiohttp
+
+from herd_kernel.api import NodeContext
+
+_TIMEOUT = aiohttp.ClientTimeout(total=3.0)
+
+
+async def _get(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(url, timeout=_TIMEOUT) as response:
+        response.raise_for_status()
+        body = await response.json(content_type=None)
+        if not isinstance(body, dict):
+            raise ValueError(f"{url} did not return a JSON object")
+        return body
+
+
+def _int(value: Any) -> int:
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else 0
+
+
+def _details(entry: dict[str, Any]) -> dict[str, Any]:
+    details = entry.get("details")
+    return details if isinstance(details, dict) else {}
+
+
+def loaded_models(ps: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for entry in ps.get("models") or []:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("model") or entry.get("name")
+        if not isinstance(name, str) or not name:
+            continue
+        out.append({
+            "name": name,
+            "size_bytes": _int(entry.get("size")),
+            "size_vram": _int(entry.get("size_vram")),
+            "context_length": _int(entry.get("context_length")),
+            "expires_at": entry.get("expires_at") if isinstance(entry.get("expires_at"), str) else None,
+            "digest": entry.get("digest") if isinstance(entry.get("digest"), str) else "",
+            "details": _details(entry),
+        })
+    return out
+
+
+def available_models(tags: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for entry in tags.get("models") or []:
+        if not isinstance(entry, dict):
+            continue
+        name = entry.get("model") or entry.get("name")
+        if not isinstance(name, str) or not name:
+            continue
+        caps = entry.get("capabilities")
+        details = _details(entry)
+        out.append({
+            "name": name,
+            "size_bytes": _int(entry.get("size")),
+            "modified_at": entry.get("modified_at") if isinstance(entry.get("modified_at"), str) else None,
+            "digest": entry.get("digest") if isinstance(entry.get("digest"), str) else "",
+            "details": details,
+            "capabilities": [c for c in caps if isinstance(c, str)] if isinstance(caps, list) else [],
+            "context_length": _int(details.get("context_length")),
+        })
+    return out
+
+
+async def probe(ctx: NodeContext) -> dict[str, Any]:
+    base = str(ctx.config["FLEET_NODE_OLLAMA_HOST"]).rstrip("/")
+    if "://" not in base:
+        base = f"http://{base}"
+    ps, tags, version = await asyncio.gather(
+        _get(ctx.http, f"{base}/api/ps"),
+        _get(ctx.http, f"{base}/api/tags"),
+        _get(ctx.http, f"{base}/api/version"),
+        return_exceptions=True,
+    )
+    healthy = not any(isinstance(r, BaseException) for r in (ps, tags, version))
+    report: dict[str, Any] = {
+        "url": base,
+        "healthy": healthy,
+        "version": version.get("version", "") if isinstance(version, dict) else "",
+        "models_loaded": loaded_models(ps) if isinstance(ps, dict) else [],
+        # without a model list this node must not be offered work it cannot prove it can do
+        "models_available": available_models(tags) if isinstance(tags, dict) else [],
+        "num_parallel": _int_env("OLLAMA_NUM_PARALLEL"),
+    }
+    return {"ollama": report}
+
+
+def _int_env(name: str) -> int:
+    try:
+        return max(0, int(os.environ.get(name, "0")))
+    except ValueError:
+        return 0

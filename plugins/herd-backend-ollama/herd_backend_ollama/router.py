@@ -1,0 +1,314 @@
+"""Router side of the Ollama backend: the Ollama-native and OpenAI-compatible routes.
+
+Inference routes parse the body once for the fields routing needs, then forward the client's own
+bytes (rewritten only to strip router-only fields or to name a fallback model) to the chosen
+node's Ollama, which serves both APIs itself, so every field survives. Listing routes answer from
+the fleet registry without touching a node.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from herd_kernel import __version__
+from herd_kernel.api import RouteDef
+from herd_kernel.models import RouteRequest, normalize_model
+from herd_kernel.pipeline import new_request_id
+from herd_kernel.wire import Api, BadRequest, error_response, read_json_object, request_tags
+
+ROUTER_ONLY_FIELDS = ("fallback_models",)
+_EPOCH = "1970-01-01T00:00:00Z"
+
+
+def _quoted_not_found(model: str) -> str:
+    return f"model '{model}' not found"
+
+
+def _embed_not_found(model: str) -> str:
+    return f'model "{model}" not found, try pulling it first'
+
+
+class InferenceRoute:
+    """A POST route that is routed to one node: chat, generate, embeddings."""
+
+    def __init__(
+        self,
+        services: Any,
+        path: str,
+        api: Api,
+        *,
+        stream_default: bool,
+        not_found: Callable[[str], str],
+        empty_model_status: int = 400,
+    ) -> None:
+        self.services = services
+        self.path = path
+        self.api = api
+        self.stream_default = stream_default
+        self.not_found = not_found
+        self.empty_model_status = empty_model_status
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        try:
+            raw, body = await read_json_object(request, self.services.max_body)
+            route = self.parse(request, body)
+        except BadRequest as exc:
+            return error_response(self.api, exc.status, exc.message)
+        stripped = {k: v for k, v in body.items() if k not in ROUTER_ONLY_FIELDS}
+        rewrite = len(stripped) != len(body)
+
+        def body_for(model: str) -> bytes:
+            if model == route.model and not rewrite:
+                return raw
+            return json.dumps({**stripped, "model": model}).encode()
+
+        return await self.services.pipeline.proxy(
+            request, route, body_for, upstream_path=self.path, not_found=self.not_found
+        )
+
+    def parse(self, request: web.Request, body: dict[str, Any]) -> RouteRequest:
+        model = body.get("model")
+        if model is None or model == "":
+            if self.empty_model_status == 404:
+                raise BadRequest(self.not_found(""), 404)
+            raise BadRequest("model is required")
+        if not isinstance(model, str):
+            raise BadRequest(f"invalid value for 'model': expected a string, got {_kind(model)}")
+        stream = body.get("stream", self.stream_default)
+        if stream is None:
+            stream = self.stream_default
+        if not isinstance(stream, bool):
+            raise BadRequest(f"invalid value for 'stream': expected a boolean, got {_kind(stream)}")
+        options = body.get("options")
+        num_ctx = None
+        if options is not None:
+            if not isinstance(options, dict):
+                raise BadRequest(f"invalid value for 'options': expected an object, got {_kind(options)}")
+            num_ctx = options.get("num_ctx")
+            if num_ctx is not None:
+                if isinstance(num_ctx, bool) or not isinstance(num_ctx, int | float):
+                    raise BadRequest('option "num_ctx" must be of type integer')
+                num_ctx = int(num_ctx)
+        fallbacks = body.get("fallback_models", ())
+        if fallbacks is None:
+            fallbacks = ()
+        if not isinstance(fallbacks, list | tuple) or not all(
+            isinstance(m, str) and m for m in fallbacks
+        ):
+            raise BadRequest("invalid value for 'fallback_models': expected a list of model names")
+        return RouteRequest(
+            model=model,
+            api=self.api,
+            path=self.path,
+            stream=stream,
+            num_ctx=num_ctx,
+            fallback_models=tuple(fallbacks),
+            tags=request_tags(request, body),
+            request_id=request.headers.get("X-Request-Id", "")[:64] or new_request_id(),
+        )
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {bool: "boolean", str: "string", list: "array", dict: "object"}.get(type(value), "number")
+
+
+# --- listings -----------------------------------------------------------------------------------
+
+
+def _listed_nodes(services: Any):
+    return [n for n in services.fleet.nodes.values() if n.status != "offline" and n.ollama_url]
+
+
+def _default_details(details: dict[str, Any]) -> dict[str, Any]:
+    base = {"parent_model": "", "format": "gguf", "family": "", "families": None,
+            "parameter_size": "", "quantization_level": ""}
+    return {**base, **details}
+
+
+def tags_body(services: Any) -> dict[str, Any]:
+    models: dict[str, dict[str, Any]] = {}
+    for node in sorted(_listed_nodes(services), key=lambda n: n.node_id):
+        for key, m in node.available.items():
+            entry = models.get(key)
+            if entry is None:
+                entry = models[key] = {
+                    "name": m.name,
+                    "model": m.name,
+                    "modified_at": m.modified_at or _EPOCH,
+                    "size": m.size_bytes,
+                    "digest": m.digest,
+                    "details": _default_details(m.details),
+                    "fleet_nodes": [],
+                }
+                if m.capabilities:
+                    entry["capabilities"] = list(m.capabilities)
+            entry["fleet_nodes"].append(node.node_id)
+    return {"models": sorted(models.values(), key=lambda e: e["name"])}
+
+
+def ps_body(services: Any) -> dict[str, Any]:
+    models: dict[str, dict[str, Any]] = {}
+    for node in sorted(_listed_nodes(services), key=lambda n: n.node_id):
+        for key, m in node.loaded.items():
+            entry = models.get(key)
+            if entry is None:
+                entry = models[key] = {
+                    "name": m.name,
+                    "model": m.name,
+                    "size": m.size_bytes,
+                    "digest": m.digest,
+                    "details": _default_details(m.details),
+                    "expires_at": m.expires_at or _EPOCH,
+                    "size_vram": m.size_vram,
+                    "context_length": m.context_length,
+                    "fleet_nodes": [],
+                }
+            elif (m.expires_at or "") > entry["expires_at"]:
+                entry["expires_at"] = m.expires_at
+            entry["fleet_nodes"].append(node.node_id)
+    return {"models": sorted(models.values(), key=lambda e: e["expires_at"], reverse=True)}
+
+
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+
+
+def fleet_version(services: Any) -> str:
+    """The lowest Ollama version in the fleet: what every node can be relied on to speak."""
+    found = []
+    for node in _listed_nodes(services):
+        version = node.heartbeat.ollama.version if node.heartbeat.ollama else ""
+        match = _VERSION.match(version or "")
+        if match:
+            found.append((tuple(int(x) for x in match.groups()), f"{'.'.join(match.groups())}"))
+    return min(found)[1] if found else "0.0.0"
+
+
+_FRACTION = re.compile(r"(\.\d{6})\d+")
+
+
+def _unix(stamp: str | None) -> int:
+    """Unix seconds of an Ollama timestamp (which may carry nanoseconds Python cannot parse)."""
+    if not stamp:
+        return 0
+    try:
+        return int(datetime.fromisoformat(_FRACTION.sub(r"\1", stamp.replace("Z", "+00:00"))).timestamp())
+    except ValueError:
+        return 0
+
+
+def _owner(name: str) -> str:
+    parts = name.split(":")[0].split("/")
+    return parts[-2] if len(parts) >= 2 else "library"
+
+
+def openai_model(name: str, modified_at: str | None, model_id: str | None = None) -> dict[str, Any]:
+    return {"id": model_id or name, "object": "model", "created": _unix(modified_at),
+            "owned_by": _owner(name)}
+
+
+class Listings:
+    def __init__(self, services: Any) -> None:
+        self.services = services
+
+    async def root(self, request: web.Request) -> web.Response:
+        return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": fleet_version(self.services), "herd_version": __version__})
+
+    async def tags(self, request: web.Request) -> web.Response:
+        return web.json_response(tags_body(self.services))
+
+    async def ps(self, request: web.Request) -> web.Response:
+        return web.json_response(ps_body(self.services))
+
+    async def v1_models(self, request: web.Request) -> web.Response:
+        data = [openai_model(e["name"], e["modified_at"]) for e in tags_body(self.services)["models"]]
+        return web.json_response({"object": "list", "data": data})
+
+    async def v1_model(self, request: web.Request) -> web.Response:
+        wanted = request.match_info["model"]
+        key = normalize_model(wanted)
+        for entry in tags_body(self.services)["models"]:
+            if normalize_model(entry["name"]) == key:
+                return web.json_response(openai_model(entry["name"], entry["modified_at"], wanted))
+        return error_response("openai", 404, _quoted_not_found(wanted))
+
+    async def show(self, request: web.Request) -> web.Response:
+        """Forwarded to a node that holds the model; ``model_info`` and the rest come from Ollama."""
+        services = self.services
+        try:
+            raw, body = await read_json_object(request, 1024 * 1024)
+        except BadRequest as exc:
+            return error_response("ollama", exc.status, exc.message)
+        model = body.get("model") or body.get("name")
+        if not model:
+            return error_response("ollama", 400, "model is required")
+        if not isinstance(model, str):
+            return error_response("ollama", 400, "invalid value for 'model': expected a string")
+        key = normalize_model(model)
+        holders = [n for n in services.fleet.holders(key) if n.routable and n.ollama_url]
+        if not holders:
+            known = bool(services.fleet.holders(key))
+            if known:
+                return error_response("ollama", 503, f"no node holding model '{model}' is online")
+            return error_response("ollama", 404, _quoted_not_found(model))
+        holders.sort(key=lambda n: (key not in n.loaded, n.node_id))
+        last_error = ""
+        for node in holders:
+            try:
+                async with services.http.post(
+                    f"{node.ollama_url}/api/show", data=raw,
+                    headers={"Content-Type": "application/json"},
+                ) as upstream:
+                    payload = await upstream.read()
+                    if upstream.status < 500 and upstream.status != 404:
+                        return web.Response(
+                            status=upstream.status, body=payload,
+                            content_type="application/json", headers={"X-Fleet-Node": node.node_id},
+                        )
+                    last_error = f"{node.node_id}: HTTP {upstream.status}"
+            except Exception as exc:  # noqa: BLE001 - try the next holder
+                last_error = f"{node.node_id}: {type(exc).__name__}"
+        return error_response("ollama", 502, f"no node could describe model '{model}' ({last_error})")
+
+
+def routes(services: Any) -> list[RouteDef]:
+    listing = Listings(services)
+
+    def infer(path: str, api: Api, stream_default: bool, not_found=_quoted_not_found, **kw: Any):
+        return InferenceRoute(services, path, api, stream_default=stream_default,
+                              not_found=not_found, **kw)
+
+    inference = [
+        infer("/api/chat", "ollama", True),
+        infer("/api/generate", "ollama", True, empty_model_status=404),
+        infer("/api/embed", "ollama", False, _embed_not_found),
+        infer("/api/embeddings", "ollama", False, _embed_not_found),
+        infer("/v1/chat/completions", "openai", False),
+        infer("/v1/completions", "openai", False),
+        infer("/v1/embeddings", "openai", False, _embed_not_found),
+    ]
+    defs = [RouteDef(method="POST", path=r.path, handler=r) for r in inference]
+    for path, handler in (
+        ("/", listing.root),
+        ("/api/version", listing.version),
+        ("/api/tags", listing.tags),
+    ):
+        defs.append(RouteDef(method="GET", path=path, handler=handler))
+        defs.append(RouteDef(method="HEAD", path=path, handler=handler))
+    defs += [
+        RouteDef(method="GET", path="/api/ps", handler=listing.ps),
+        RouteDef(method="POST", path="/api/show", handler=listing.show),
+        RouteDef(method="GET", path="/v1/models", handler=listing.v1_models),
+        RouteDef(method="GET", path="/v1/models/{model:.+}", handler=listing.v1_model),
+    ]
+    return defs

@@ -1,0 +1,132 @@
+import sys
+
+import pytest
+
+from herd_kernel.config import Setting
+from herd_kernel.hookspecs import hookimpl
+from herd_kernel.plugins import PluginError, PluginHost
+from herd_kernel.testing import make_config
+
+
+def fake_dist(root, name, entries, module_code=None):
+    """An installed distribution on sys.path declaring ``herd`` entry points."""
+    info = root / f"{name.replace('-', '_')}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n")
+    lines = "\n".join(f"{k} = {v}" for k, v in entries.items())
+    (info / "entry_points.txt").write_text(f"[herd]\n{lines}\n")
+    if module_code:
+        for mod, code in module_code.items():
+            (root / f"{mod}.py").write_text(code)
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield tmp_path
+    for mod in [m for m in sys.modules if m.startswith("herd_fake_")]:
+        del sys.modules[mod]
+
+
+def test_installed_plugins_are_found_by_entry_point():
+    host = PluginHost()
+    names = {p.name for p in host.loaded}
+    assert {"backend-ollama", "signal-thermal", "node-system"} <= names
+    assert not host.failed
+
+
+def test_selection_by_name_and_glob_happens_before_import(site):
+    fake_dist(site, "herd-fake-bomb", {"signal-bomb": "herd_fake_bomb"},
+              {"herd_fake_bomb": "raise SystemExit('imported!')\n"})
+    host = PluginHost(["backend-*", "signal-thermal"])
+    assert {p.name for p in host.loaded} == {"backend-ollama", "signal-thermal"}
+    assert "signal-bomb" in {p.name for p in host.skipped}  # never imported
+
+
+def test_a_plugin_that_fails_to_import_is_reported_by_name(site):
+    fake_dist(site, "herd-fake-broken", {"signal-broken": "herd_fake_missing_module"})
+    host = PluginHost()
+    [failed] = host.failed
+    assert failed.name == "signal-broken" and failed.dist == "herd-fake-broken"
+    assert "ModuleNotFoundError" in failed.error
+    assert "backend-ollama" in {p.name for p in host.loaded}  # the rest still load
+
+
+def test_duplicate_entry_names_are_refused(site):
+    fake_dist(site, "herd-fake-dup", {"signal-thermal": "herd_fake_dup"},
+              {"herd_fake_dup": ""})
+    host = PluginHost(["signal-thermal"])
+    assert len(host.loaded) == 1 and len(host.failed) == 1
+    assert "duplicate plugin name" in host.failed[0].error
+
+
+class TwoSignals:
+    @hookimpl
+    def herd_signals(self, config):
+        return [type("S", (), {"name": "thermal", "weight": 1, "low": 0, "high": 1,
+                               "score": lambda self, c, x: []})()]
+
+
+class BadReturn:
+    @hookimpl
+    def herd_signals(self, config):
+        return "not a list"
+
+
+def test_duplicate_signal_names_name_both_plugins():
+    host = PluginHost(["signal-thermal"])
+    host.register(TwoSignals())
+    with pytest.raises(PluginError, match="'signal-thermal' and 'TwoSignals'"):
+        host.signals(make_config(host))
+
+
+def test_bad_registration_result_names_the_plugin():
+    host = PluginHost([], load_entry_points=False)
+    host.register(BadReturn())
+    with pytest.raises(PluginError, match="BadReturn"):
+        host.signals(make_config(host))
+
+
+class DupSetting:
+    @hookimpl
+    def herd_settings(self):
+        return [Setting(env="FLEET_SCORE_MODEL_HOT", type=float, default=1.0, help="dup")]
+
+
+def test_duplicate_settings_are_a_startup_error():
+    host = PluginHost(["signal-thermal"])
+    host.register(DupSetting())
+    with pytest.raises(PluginError, match="FLEET_SCORE_MODEL_HOT"):
+        host.settings()
+
+
+def test_describe_lists_what_each_plugin_registers():
+    host = PluginHost(["signal-thermal", "backend-ollama"])
+    rows = {r["name"]: r for r in host.describe(make_config(host))}
+    assert rows["signal-thermal"]["provides"]["signals"] == ["thermal"]
+    assert rows["backend-ollama"]["provides"]["backends"] == ["ollama"]
+
+
+class Events:
+    def __init__(self):
+        self.calls = []
+
+    @hookimpl
+    def herd_startup(self, services):
+        async def later():
+            self.calls.append("async-start")
+        self.calls.append("start")
+        return later()
+
+    @hookimpl
+    def herd_request_finished(self, trace):
+        raise RuntimeError("a broken listener must not break the others")
+
+
+async def test_lifecycle_awaits_results_and_isolates_failures():
+    host = PluginHost([], load_entry_points=False)
+    events = Events()
+    host.register(events)
+    await host.lifecycle("herd_startup", services=None)
+    assert events.calls == ["start", "async-start"]
+    host.notify("herd_request_finished", trace=None)  # logged, not raised
