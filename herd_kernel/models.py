@@ -239,6 +239,22 @@ for _cls in _SCALARS:
     converter.register_structure_hook(_cls, _strict_scalar(_cls))
 
 
+def _strict_sequence(type_: Any) -> None:
+    """JSON arrays only: a string must not be iterated into a tuple of characters."""
+    default = converter.get_structure_hook(type_)
+
+    def structure(value: Any, t: Any) -> Any:
+        if not isinstance(value, list | tuple):
+            raise TypeError(f"expected a list, got {type(value).__name__}")
+        return default(value, t)
+
+    converter.register_structure_hook_func(lambda t: t == type_, structure)
+
+
+for _seq in (tuple[LoadedModel, ...], tuple[AvailableModel, ...], tuple[str, ...]):
+    _strict_sequence(_seq)
+
+
 def _describe(exc: BaseException, type_: Any) -> str:
     if type(exc) is ValueError and str(exc):
         return str(exc)

@@ -54,7 +54,7 @@ class InferenceRoute:
         self.not_found = not_found
         self.empty_model_status = empty_model_status
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
             raw, body = await read_json_object(request, self.services.max_body)
             route = self.parse(request, body)
@@ -297,7 +297,7 @@ def routes(services: Any) -> list[RouteDef]:
         infer("/v1/completions", "openai", False),
         infer("/v1/embeddings", "openai", False, _embed_not_found),
     ]
-    defs = [RouteDef(method="POST", path=r.path, handler=r) for r in inference]
+    defs = [RouteDef(method="POST", path=r.path, handler=r.handle) for r in inference]
     for path, handler in (
         ("/", listing.root),
         ("/api/version", listing.version),
