@@ -123,7 +123,9 @@ def _plugins_command(host: PluginHost, config: Config, *, as_json: bool) -> int:
     if as_json:
         print(json.dumps({"plugins": rows, "failed": failed}, indent=2))
         return 0
-    if not rows and not failed:
+    for pattern in host.unmatched_patterns():
+        print(f"no installed plugin matches {pattern!r}")
+    if not rows and not failed and not host.patterns:
         print("no plugins installed")
     for row in rows:
         print(f"{row['name']}  ({row['dist']} {row['version']})")

@@ -63,7 +63,6 @@ class Pipeline:
         """
         services = self.services
         fleet = services.fleet
-        api: Api = route.api
         started = time.monotonic()
         attempts: list[Attempt] = []
         exclude: set[str] = set()
@@ -107,13 +106,13 @@ class Pipeline:
             response = await self.services.http.post(
                 url, data=payload, headers={"Content-Type": "application/json"}
             )
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailed(f"connect: {type(exc).__name__}: {exc}".rstrip(": ")) from None
         if response.status >= 500 or response.status == 404:
             # 5xx: the node is unwell; 404: its model list changed since its last heartbeat
             try:
                 text = (await response.read())[:300].decode("utf-8", "replace")
-            except (aiohttp.ClientError, asyncio.TimeoutError):
+            except (TimeoutError, aiohttp.ClientError):
                 text = ""
             response.release()
             raise UpstreamFailed(f"HTTP {response.status}: {_error_text(text)}", response.status)
@@ -136,7 +135,7 @@ class Pipeline:
         if not route.stream or upstream.status >= 400:
             try:
                 payload = await upstream.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError) as exc:
                 raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
             response = web.Response(status=upstream.status, body=payload, headers=headers)
             fields = _final_counts(payload, route.api, whole=True)
@@ -154,7 +153,7 @@ class Pipeline:
         content = upstream.content
         try:
             first = await content.readany()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, aiohttp.ClientError) as exc:
             raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
         if not first:
             raise UpstreamFailed("empty response")
@@ -178,7 +177,7 @@ class Pipeline:
                         del tail[: len(tail) - _TAIL]
                 try:
                     chunk = await content.readany()
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     error = f"node {decision.node.node_id} failed mid-stream: {type(exc).__name__}"
                     break
                 if not chunk:

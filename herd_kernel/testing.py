@@ -162,6 +162,6 @@ async def herd_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[An
         return agent
 
     yield start
-    for agent, task in running:
+    for agent, _task in running:
         agent.stop()
     await asyncio.gather(*(task for _, task in running), return_exceptions=True)

@@ -6,11 +6,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from herd_backend_ollama import node, router
 from herd_kernel.api import NodeContext, RouteDef
 from herd_kernel.config import Config
 from herd_kernel.hookspecs import hookimpl
-
-from herd_backend_ollama import node, router
 
 
 class OllamaBackend:

@@ -1,12 +1,11 @@
-import asyncio
 import threading
 
 import pytest
+from herd_node_system import SystemSensor, pressure_level
 
 from herd_kernel.api import NodeContext
 from herd_kernel.models import Heartbeat, structure
 from herd_kernel.testing import make_config, make_host
-from herd_node_system import SystemSensor, pressure_level
 
 
 @pytest.mark.parametrize("pct,level", [(0, "normal"), (84.9, "normal"), (85, "warn"), (95, "critical")])

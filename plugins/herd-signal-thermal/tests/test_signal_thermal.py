@@ -1,4 +1,5 @@
 import herd_signal_thermal
+
 from herd_kernel.api import Candidate
 from herd_kernel.models import AvailableModel, Heartbeat, LoadedModel, NodeState
 from herd_kernel.testing import make_config, make_host
