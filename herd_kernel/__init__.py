@@ -9,3 +9,7 @@ __version__ = "0.1.0"
 #: Version of the plugin contract in ``herd_kernel.hookspecs`` and ``herd_kernel.api``.
 #: Bumped when a hook or a registered object's protocol changes incompatibly.
 PLUGIN_API = 1
+
+from herd_kernel.hookspecs import hookimpl  # noqa: E402 - the marker plugin authors import
+
+__all__ = ["PLUGIN_API", "__version__", "hookimpl"]

@@ -57,9 +57,9 @@ class ScoringContext:
 class Signal(Protocol):
     """A scoring signal. ``score`` is pure and synchronous: one float per candidate, in order.
 
-    The kernel clamps each value to ``[low, high]`` and multiplies it by the signal's weight
-    (``weight``, overridable as ``FLEET_WEIGHT_<NAME>`` with dashes as underscores). A signal that
-    raises scores 0 for that request and is logged once.
+    The kernel clamps each value to ``[low, high]`` and multiplies it by ``weight``; a plugin that
+    wants its weight configurable declares a setting for it and reads it in ``herd_signals``. A
+    signal that raises scores 0 for that request and is logged once.
     """
 
     name: str

@@ -40,7 +40,12 @@ def load(
     kernel_specs = (*ROUTER_SETTINGS, *NODE_SETTINGS)
     early = resolve(kernel_specs, environ, flags)
     host = PluginHost(parse_selection(early[plugins_env]))
-    config = resolve((*kernel_specs, *host.settings()), environ, flags)
+    plugin_specs = host.settings()
+    kernel_names = {s.env for s in kernel_specs}
+    clash = sorted(s.env for s in plugin_specs if s.env in kernel_names)
+    if clash:
+        raise PluginError(f"plugins re-declare kernel settings: {', '.join(clash)}")
+    config = resolve((*kernel_specs, *plugin_specs), environ, flags)
     return host, config
 
 
@@ -116,7 +121,7 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
 def _plugins_command(host: PluginHost, config: Config, *, as_json: bool) -> int:
     try:
         rows = host.describe(config)
-    except PluginError as exc:
+    except Exception as exc:  # noqa: BLE001 - name the problem, never a traceback
         print(f"herd: {exc}", file=sys.stderr)
         return 1
     failed = [{"name": f.name, "dist": f.dist, "version": f.version, "error": f.error} for f in host.failed]

@@ -89,7 +89,8 @@ class HerdSpec:
     def herd_startup(self, services: Any) -> Any:
         """The router (or agent) has started: start background work here.
 
-        Called once after the HTTP server is listening, with the kernel's ``Services``. May return
+        Called once as the router starts, before it serves its first request, with the kernel's
+        ``Services``. May return
         an awaitable, which is awaited ("await me maybe"). Exceptions are logged with the plugin's
         name and do not stop the router.
         """

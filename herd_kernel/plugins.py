@@ -84,8 +84,13 @@ class PluginHost:
                 self.failed.append(attrs.evolve(info, error=f"{type(exc).__name__}: {exc}"))
                 log.warning("plugin failed to load", plugin=ep.name, dist=dist, error=str(exc))
                 continue
+            try:
+                self.register(module, info)
+            except Exception as exc:  # noqa: BLE001 - e.g. a hook with a misspelt name or argument
+                self.failed.append(attrs.evolve(info, error=f"{type(exc).__name__}: {exc}"))
+                log.warning("plugin refused", plugin=ep.name, dist=dist, error=str(exc))
+                continue
             seen[ep.name] = dist
-            self.register(module, info)
 
     def register(self, plugin: ModuleType | object, info: PluginInfo | None = None) -> None:
         """Register a plugin object directly (tests, embedding applications)."""
@@ -93,6 +98,12 @@ class PluginHost:
             name = getattr(plugin, "__name__", type(plugin).__name__)
             info = PluginInfo(name=name, dist="(registered)", version="", module=name)
         self.pm.register(plugin, name=info.name)
+        try:
+            # a herd_* function that matches no hook is a typo the author wants to hear about
+            self.pm.check_pending()
+        except pluggy.PluginValidationError:
+            self.pm.unregister(plugin)
+            raise
         self.loaded.append(info)
 
     def unmatched_patterns(self) -> list[str]:
@@ -143,7 +154,9 @@ class PluginHost:
         return self._unique("herd_settings", self._collect("herd_settings", Setting, ()), "env")
 
     def signals(self, config: Config) -> list[Any]:
-        pairs = self._collect("herd_signals", None, ("name", "weight", "score"), config=config)
+        pairs = self._collect(
+            "herd_signals", None, ("name", "weight", "low", "high", "score"), config=config
+        )
         return self._unique("herd_signals", pairs, "name")
 
     def backends(self, config: Config) -> list[Any]:

@@ -1,0 +1,165 @@
+"""Meta-tests that keep the plugin contract honest: every hook documented under its exact
+signature, every hook with a docstring, every plugin package in the one shape, every setting
+in the configuration reference."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import tomllib
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS
+from herd_kernel.hookspecs import HerdSpec
+from herd_kernel.plugins import ENTRY_POINT_GROUP, PluginHost
+
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS_DOC = ROOT / "docs" / "hooks.md"
+CONFIG_DOC = ROOT / "docs" / "configuration.md"
+PLUGINS = sorted(
+    p for p in (ROOT / "plugins").iterdir() if p.is_dir() and not p.name.startswith(".")
+)
+KINDS = {"signal", "backend", "discovery", "health", "node", "panel"}  # the families in DESIGN.md
+DIST = re.compile(r"^herd-(?P<kind>[a-z0-9]+)-(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*)$")
+
+
+def hookspecs() -> dict[str, object]:
+    """Every method of HerdSpec that pluggy treats as a hookspec (marked ``herd_spec``)."""
+    return {
+        name: fn
+        for name, fn in inspect.getmembers(HerdSpec, inspect.isfunction)
+        if hasattr(fn, "herd_spec")
+    }
+
+
+def signature(name: str, fn: object) -> str:
+    params = [p for p in inspect.signature(fn).parameters if p != "self"]
+    return f"{name}({', '.join(params)})"
+
+
+def hook_titles() -> list[str]:
+    """The ``###`` titles inside the "## Hooks" section of docs/hooks.md."""
+    titles: list[str] = []
+    section = None
+    for line in HOOKS_DOC.read_text().splitlines():
+        if line.startswith("## "):
+            section = line[3:].strip()
+        elif line.startswith("### ") and section == "Hooks":
+            titles.append(line[4:].strip())
+    return titles
+
+
+# --- hooks ------------------------------------------------------------------------------------
+
+
+def test_there_are_hookspecs_to_check():
+    assert "herd_signals" in hookspecs() and len(hookspecs()) >= 10
+
+
+@pytest.mark.parametrize("name", sorted(hookspecs()))
+def test_every_hook_is_documented_under_its_exact_signature(name):
+    expected = signature(name, hookspecs()[name])
+    assert expected in hook_titles(), f"docs/hooks.md needs a section titled: ### {expected}"
+
+
+def test_every_hook_section_title_is_a_real_hook_signature():
+    real = {signature(name, fn) for name, fn in hookspecs().items()}
+    titles = hook_titles()
+    assert titles, "docs/hooks.md has no ## Hooks section with ### titles"
+    unknown = [t for t in titles if t not in real]
+    assert not unknown, (
+        f"docs/hooks.md documents hooks that do not exist (or stale signatures): {unknown}"
+    )
+    repeated = [t for t, n in Counter(titles).items() if n > 1]
+    assert not repeated, f"documented twice: {repeated}"
+
+
+def test_hook_titles_outside_the_hooks_section_are_not_hooks():
+    # a signature-like title elsewhere would escape the check above
+    stray = [
+        line
+        for line in HOOKS_DOC.read_text().splitlines()
+        if line.startswith("### herd_") and line[4:].strip() not in hook_titles()
+    ]
+    assert not stray
+
+
+def test_hooks_doc_covers_the_protocols_and_plugin_api():
+    text = HOOKS_DOC.read_text()
+    for name in ("Signal", "Backend", "Sensor", "Discovery", "HealthCheck", "Finding", "Panel"):
+        assert re.search(rf"^### .*\b{name}\b", text, re.MULTILINE), f"no section on {name}"
+    assert re.search(r"^## PLUGIN_API", text, re.MULTILINE)
+
+
+@pytest.mark.parametrize("name", sorted(hookspecs()))
+def test_every_hook_has_a_docstring(name):
+    doc = inspect.getdoc(hookspecs()[name])
+    assert doc and doc.strip(), f"hookspec {name} has no docstring"
+
+
+# --- plugin packages --------------------------------------------------------------------------
+
+
+def test_there_are_plugin_packages_to_check():
+    assert PLUGINS, "no packages under plugins/"
+
+
+@pytest.mark.parametrize("package", PLUGINS, ids=lambda p: p.name)
+def test_plugin_package_shape(package):
+    pyproject = package / "pyproject.toml"
+    assert pyproject.is_file(), f"{package.name}: no pyproject.toml"
+    project = tomllib.loads(pyproject.read_text())["project"]
+    dist = project["name"]
+    match = DIST.match(dist)
+    assert match, f"{package.name}: distribution {dist!r} is not herd-<kind>-<name>"
+    assert dist == package.name, f"directory {package.name} holds distribution {dist!r}"
+    kind, name = match["kind"], match["name"]
+    assert kind in KINDS, f"{dist}: kind {kind!r} is not one of {sorted(KINDS)}"
+
+    entry = f"{kind}-{name}"
+    module = f"herd_{kind}_{name.replace('-', '_')}"
+    entries = project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {})
+    assert entry in entries, (
+        f"{dist}: no entry point {entry!r} in group {ENTRY_POINT_GROUP!r}: {entries}"
+    )
+    target = entries[entry].split(":")[0].strip()
+    assert target == module or target.startswith(f"{module}."), (
+        f"{dist}: entry point {entry} -> {entries[entry]!r}, expected module {module}"
+    )
+    assert (package / module / "__init__.py").is_file(), f"{dist}: no package {module}/"
+
+    assert (package / "README.md").is_file(), f"{dist}: no README.md"
+    tests = package / "tests"
+    assert tests.is_dir(), f"{dist}: no tests/ folder"
+    assert list(tests.glob("test_*.py")), f"{dist}: tests/ has no test_*.py"
+    assert not (tests / "__init__.py").exists(), f"{dist}: tests/__init__.py must not exist"
+
+
+def test_test_file_names_are_unique_across_the_repository():
+    folders = [
+        ROOT / "tests",
+        *(p / "tests" for p in PLUGINS),
+        *(ROOT / "contrib").glob("*/tests"),
+        ROOT / "plugin_template" / "tests",
+    ]
+    names = Counter(
+        f.name for folder in folders if folder.is_dir() for f in folder.glob("test_*.py")
+    )
+    assert not [n for n, count in names.items() if count > 1]
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_every_setting_is_in_the_configuration_reference():
+    if not CONFIG_DOC.exists():
+        pytest.skip("docs/configuration.md not written yet")
+    text = CONFIG_DOC.read_text()
+    host = PluginHost()
+    settings = [*ROUTER_SETTINGS, *NODE_SETTINGS, *host.settings()]
+    # a word boundary, so FLEET_PORT is not "found" inside FLEET_PORT_RANGE
+    missing = [s.env for s in settings if not re.search(rf"\b{re.escape(s.env)}\b", text)]
+    assert not missing, f"docs/configuration.md does not mention: {missing}"
