@@ -262,6 +262,19 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
     return app
 
 
+async def _announce(services: Services) -> list[Any]:
+    """Let every discovery plugin announce the router; a failing one is logged, not fatal."""
+    config = services.config
+    withdrawals = []
+    for discovery in services.host.discoveries(config):
+        url = f"http://{config['FLEET_HOST']}:{config['FLEET_PORT']}"
+        try:
+            withdrawals.append(await discovery.announce(url, config))
+        except Exception as exc:  # noqa: BLE001
+            log.warning("discovery announce failed", discovery=discovery.name, error=repr(exc))
+    return withdrawals
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services = app[SERVICES]
     config = services.config
@@ -277,9 +290,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     sweeper = asyncio.create_task(services.fleet.run_sweeper(), name="herd-fleet-sweeper")
     await services.host.lifecycle("herd_startup", services)
+    withdrawals = await _announce(services)
     try:
         yield
     finally:
+        for withdraw in withdrawals:
+            try:
+                await withdraw()
+            except Exception as exc:  # noqa: BLE001
+                log.warning("discovery withdrawal failed", error=repr(exc))
         await services.host.lifecycle("herd_shutdown", services, reverse=True)
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)

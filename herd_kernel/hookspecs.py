@@ -90,7 +90,8 @@ class HerdSpec:
         """The router (or agent) has started: start background work here.
 
         Called once as the router starts, before it serves its first request, with the kernel's
-        ``Services``. May return
+        ``Services`` (in the node agent: once it has found its router, with the ``NodeAgent``).
+        May return
         an awaitable, which is awaited ("await me maybe"). Exceptions are logged with the plugin's
         name and do not stop the router.
         """

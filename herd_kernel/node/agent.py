@@ -132,6 +132,7 @@ class NodeAgent:
             self.router_url = await self.find_router()
             log.info("node agent started", node=self.node_id, router=self.router_url,
                      ollama=self.config["FLEET_NODE_OLLAMA_HOST"], interval=self.interval)
+            await self.host.lifecycle("herd_startup", self)
             loop = asyncio.get_running_loop()
             next_tick = loop.time()
             while not self._stopping.is_set():
@@ -148,6 +149,7 @@ class NodeAgent:
                 except TimeoutError:
                     pass
             await self.drain()
+            await self.host.lifecycle("herd_shutdown", self, reverse=True)
         self.http = None
 
     async def drain(self) -> None:
