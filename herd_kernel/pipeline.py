@@ -160,12 +160,12 @@ class Pipeline:
         ttft_ms = (time.monotonic() - t0) * 1000
 
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        await response.prepare(request)
         pending = first
         tail = bytearray()
         error: str | None = None
         status = "completed"
         try:
+            await response.prepare(request)
             while True:
                 cut = pending.rfind(delimiter)
                 if cut >= 0:

@@ -1,0 +1,96 @@
+"""The node agent against a real router on loopback, with test sensors (no Ollama needed)."""
+
+import asyncio
+
+from herd_kernel.hookspecs import hookimpl
+from herd_kernel.node.agent import NodeAgent
+from herd_kernel.testing import make_config, make_host, wait_for
+
+
+class Sensors:
+    """Test plugin: one good sensor, one that raises, one that hangs, one adding extras."""
+
+    class Good:
+        name, order = "good", 1
+
+        async def read(self, ctx):
+            return {"memory": {"total_gb": 64.0, "used_gb": 1.0, "available_gb": 63.0}}
+
+    class Raises:
+        name, order = "raises", 2
+
+        async def read(self, ctx):
+            raise OSError("sensor exploded")
+
+    class Hangs:
+        name, order = "hangs", 3
+
+        async def read(self, ctx):
+            await asyncio.sleep(3600)
+
+    class Extra:
+        name, order = "extra", 4
+
+        async def read(self, ctx):
+            return {"extras": {"workload": "idle"}}
+
+    @hookimpl
+    def herd_node_sensors(self, config):
+        return [self.Good(), self.Raises(), self.Hangs(), self.Extra()]
+
+
+def agent_for(router_url, tmp_path, node_id="n1", interval=0.2, plugins="", extra=()):
+    host = make_host(plugins, extra)
+    config = make_config(host, {"FLEET_NODE_DATA_DIR": str(tmp_path)},
+                         FLEET_NODE_ROUTER_URL=router_url, FLEET_NODE_NODE_ID=node_id,
+                         FLEET_NODE_OLLAMA_HOST="http://127.0.0.1:9",
+                         FLEET_NODE_HEARTBEAT_INTERVAL=interval)
+    return NodeAgent(config, host)
+
+
+async def test_sensors_merge_and_a_bad_sensor_costs_nothing_else(herd_router, tmp_path):
+    router = await herd_router()
+    agent = agent_for(router.url, tmp_path, plugins="none-but-extra", extra=[Sensors()])
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: "n1" in router.services.fleet.nodes, timeout=10)
+        hb = router.services.fleet.nodes["n1"].heartbeat
+        assert hb.memory.total_gb == 64.0
+        assert hb.extras == {"workload": "idle"}
+        assert hb.agent_version
+    finally:
+        agent.stop()
+        await task
+    # stopping drains: the router takes the node offline at once
+    assert router.services.fleet.nodes["n1"].status == "offline"
+
+
+async def test_agent_survives_the_router_being_away(herd_router, tmp_path, unused_tcp_port):
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    agent = agent_for(url, tmp_path, plugins="backend-ollama", interval=0.1)
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.failures >= 2, timeout=10)
+        assert not task.done()
+        # a router appears on that port: the agent registers without being restarted
+        from aiohttp import web
+
+        from herd_kernel.app import SERVICES, create_app
+        host = make_host("backend-ollama")
+        app = create_app(make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "r")}), host)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+        try:
+            await wait_for(lambda: "n1" in app[SERVICES].fleet.nodes, timeout=10)
+            node = app[SERVICES].fleet.nodes["n1"]
+            # its Ollama (port 9) does not answer: it is known but offers no model
+            assert node.heartbeat.ollama.healthy is False and not node.available
+            assert agent.failures == 0
+        finally:
+            agent.stop()
+            await task
+            await runner.cleanup()
+    finally:
+        agent.stop()
+        await asyncio.gather(task, return_exceptions=True)
