@@ -225,11 +225,12 @@ async def _ollama_answers(url: str) -> bool:
 
 
 async def _start_agent(
-    host: PluginHost, config: Config, router_url: str, ollama: str, node_id: str | None
+    host: PluginHost, config: Config, router_url: str, ollama: str, node_id: str | None,
+    **extra: Any,
 ) -> Callable[[], Any]:
     from herd_kernel.node.agent import NodeAgent
 
-    overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama}
+    overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama, **extra}
     if node_id:
         overrides["node_id"] = node_id
     agent = NodeAgent(config.with_overrides(**overrides), host)
@@ -257,7 +258,9 @@ async def _start_demo(host: PluginHost, config: Config, router_url: str, count: 
     await fleet.start()
     closers = []
     for name, node in fleet.nodes.items():
-        closers.append(await _start_agent(host, config, router_url, node.url, name))
+        # the simulated machine's memory, not this one's, if herd-sim's sensor is installed
+        extra = {"sim_hardware": True} if "FLEET_NODE_SIM_HARDWARE" in config else {}
+        closers.append(await _start_agent(host, config, router_url, node.url, name, **extra))
         print(f"  simulated node {name} at {node.url}", file=sys.stderr)
 
     async def close() -> None:
