@@ -1,0 +1,113 @@
+"""Added latency of the router: the same requests sent straight to a simulated Ollama node and
+through a real ``herd`` process (default settings) in front of it, side by side in one run.
+
+    uv run --all-packages python bench/overhead.py [--requests 500]
+
+Prints p50/p99 per path in milliseconds and the difference. Numbers, not assertions: this
+machine is shared and noisy, so compare the columns of one run, never runs of different days.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import statistics
+import sys
+import tempfile
+import time
+
+import aiohttp
+from herd_sim import PROFILES, SimNode
+
+MODEL = "llama3.2:3b"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def timed(http: aiohttp.ClientSession, url: str, body: dict, stream: bool) -> tuple[float, float]:
+    """Total and time-to-first-byte of one request, in ms."""
+    t0 = time.perf_counter()
+    async with http.post(url, json=body) as response:
+        first = None
+        async for _chunk in response.content.iter_any():
+            if first is None:
+                first = time.perf_counter()
+        assert response.status == 200, response.status
+    end = time.perf_counter()
+    return (end - t0) * 1000, ((first or end) - t0) * 1000
+
+
+async def series(http, base: str, stream: bool, n: int, warmup: int) -> tuple[list[float], list[float]]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": stream,
+            "options": {"num_predict": 8}}
+    totals, firsts = [], []
+    for i in range(n + warmup):
+        total, first = await timed(http, f"{base}/api/chat", body, stream)
+        if i >= warmup:
+            totals.append(total)
+            firsts.append(first)
+    return totals, firsts
+
+
+async def main(n: int) -> None:
+    node = SimNode(PROFILES["medium"], time_scale=0.0)  # answers instantly: we measure the router
+    await node.start()
+    port = free_port()
+    router = f"http://127.0.0.1:{port}"
+    data = tempfile.mkdtemp(prefix="herd-bench-")
+    env = {**os.environ, "FLEET_DATA_DIR": data}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "herd_kernel.cli", "--host", "127.0.0.1", "--port", str(port),
+        "--no-local-node", env=env, stderr=asyncio.subprocess.DEVNULL)
+    agent = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "herd_kernel.node", "--router-url", router, "--ollama-host", node.url,
+        "--node-id", "bench", env=env, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                try:
+                    async with http.get(f"{router}/api/tags") as r:
+                        if (await r.json())["models"]:
+                            break
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.1)
+            print(f"{n} sequential /api/chat requests per row (after 50 warm-ups), times in ms")
+            print(f"{'path':<34}{'p50':>8}{'p99':>8}{'ttfb p50':>10}")
+            results = {}
+            for stream in (False, True):
+                for label, base in (("direct", node.url), ("via herd", router)):
+                    totals, firsts = await series(http, base, stream, n, 50)
+                    results[(stream, label)] = totals, firsts
+                    name = f"{label} {'stream' if stream else 'non-stream'}"
+                    print(f"{name:<34}{statistics.median(totals):>8.2f}{pct(totals, 0.99):>8.2f}"
+                          f"{statistics.median(firsts):>10.2f}")
+            for stream in (False, True):
+                direct, via = results[(stream, "direct")], results[(stream, "via herd")]
+                kind = "stream" if stream else "non-stream"
+                print(f"added by herd, {kind:<11}  p50 {statistics.median(via[0]) - statistics.median(direct[0]):+.2f}"
+                      f"  p99 {pct(via[0], .99) - pct(direct[0], .99):+.2f}"
+                      f"  ttfb p50 {statistics.median(via[1]) - statistics.median(direct[1]):+.2f}")
+    finally:
+        for p in (agent, proc):
+            p.send_signal(signal.SIGTERM)
+            await p.wait()
+        await node.stop()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=500)
+    asyncio.run(main(parser.parse_args().requests))
