@@ -77,7 +77,9 @@ class Pipeline:
             outcome = "failed"
             try:
                 upstream = await self._open(node.ollama_url + upstream_path, body_for(decision.model))
-                response, fields = await self._relay(request, route, decision, upstream, attempts)
+                response, fields = await self._relay(
+                    request, route, decision, upstream, attempts, started
+                )
                 outcome = fields["status"]
             except UpstreamFailed as exc:
                 # nothing has reached the client yet: try the next-best node
@@ -125,12 +127,14 @@ class Pipeline:
         decision: Decision,
         upstream: aiohttp.ClientResponse,
         attempts: list[Attempt],
+        started: float,
     ) -> tuple[web.StreamResponse, dict[str, Any]]:
+        """Relay the answer. ``ttft_ms`` runs from the request's arrival to the first streamed
+        byte; a non-streaming answer has none (it arrives whole)."""
         headers = self._fleet_headers(route, decision, attempts)
         for name in _FORWARD_HEADERS:
             if name in upstream.headers:
                 headers[name] = upstream.headers[name]
-        t0 = time.monotonic()
 
         if not route.stream or upstream.status >= 400:
             try:
@@ -144,7 +148,6 @@ class Pipeline:
             return response, {
                 "status": status,
                 "http_status": upstream.status,
-                "ttft_ms": (time.monotonic() - t0) * 1000,
                 "error_message": error,
                 **fields,
             }
@@ -157,7 +160,7 @@ class Pipeline:
             raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
         if not first:
             raise UpstreamFailed("empty response")
-        ttft_ms = (time.monotonic() - t0) * 1000
+        ttft_ms = (time.monotonic() - started) * 1000
 
         response = web.StreamResponse(status=upstream.status, headers=headers)
         pending = first

@@ -1,0 +1,155 @@
+"""The commands users type, as separate processes: the README's demo command, and a router started
+with ``--plugins`` plus a ``herd-node`` process in front of a simulated Ollama."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import socket
+import sys
+from pathlib import Path
+
+import aiohttp
+import ollama
+import pytest
+from herd_sim import PROFILES, SimNode
+
+from herd_kernel.testing import wait_for
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def spawn(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", *args,
+        env={**os.environ, **env},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+
+
+async def stop(proc: asyncio.subprocess.Process) -> tuple[int, str]:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 20)
+    except TimeoutError:
+        proc.kill()
+        _, err = await proc.communicate()
+    return proc.returncode, err.decode(errors="replace")
+
+
+async def fleet_status(url: str) -> dict | None:
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/fleet/status") as r:
+                return await r.json()
+    except aiohttp.ClientError:
+        return None
+
+
+def readme_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```sh\n(.*?)```", text, re.S).group(1)
+    return [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
+
+
+def test_readme_opens_with_the_run_and_test_commands():
+    run, test = readme_commands()[:2]
+    assert run.endswith("uv run --all-packages herd --demo")
+    assert test.endswith("uv run --all-packages pytest")
+    assert "uv run --all-packages pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+async def test_readme_demo_command_starts_a_fleet_that_answers(tmp_path):
+    # the README's command (`herd --demo`), on a free port so it cannot collide with a real Herd
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = await spawn("herd_kernel.cli", "--demo", "--port", str(port),
+                       env={"FLEET_DATA_DIR": str(tmp_path)})
+    try:
+        async def three_nodes_online() -> bool:
+            status = await fleet_status(url)
+            return bool(status) and status["fleet"]["nodes_online"] >= 3 and all(
+                n["ollama"] and n["ollama"]["models_available"] for n in status["nodes"])
+
+        await wait_for(three_nodes_online, timeout=30, interval=0.2)
+        async with ollama.AsyncClient(host=url) as client:
+            loaded = (await client.ps()).models
+            model = loaded[0].model if loaded else (await client.list()).models[0].model
+            reply = await client.chat(model, messages=[{"role": "user", "content": "hello"}],
+                                      options={"num_predict": 8})
+        assert reply.message.content.strip()
+        status = await fleet_status(url)
+        assert status["fleet"]["nodes_total"] >= 3
+    finally:
+        code, err = await stop(proc)
+    assert code == 0, err
+    assert "simulated node" in err
+    assert (tmp_path / "logs" / "herd.jsonl").read_text().count('"event": "request"') >= 1
+
+
+async def test_router_with_one_plugin_and_a_node_agent_process(tmp_path):
+    node = SimNode(PROFILES["small"], time_scale=0.01)
+    await node.start()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"FLEET_DATA_DIR": str(tmp_path)}
+    router = await spawn("herd_kernel.cli", "--plugins", "backend-ollama", "--host", "127.0.0.1",
+                         "--port", str(port), "--no-local-node", env=env)
+    agent = None
+    try:
+        await wait_for(lambda: fleet_status(url), timeout=20, interval=0.1)
+        agent = await spawn("herd_kernel.node", "--router-url", url, "--ollama-host", node.url,
+                            "--node-id", "laptop", env={**env, "FLEET_NODE_HEARTBEAT_INTERVAL": "0.3"})
+
+        async def registered() -> bool:
+            status = await fleet_status(url)
+            return bool(status and status["nodes"] and status["nodes"][0]["ollama"]
+                        and status["nodes"][0]["ollama"]["models_available"])
+
+        await wait_for(registered, timeout=20, interval=0.1)
+        status = await fleet_status(url)
+        [entry] = status["nodes"]
+        assert entry["node_id"] == "laptop" and entry["status"] == "online"
+        assert entry["memory"]["total_gb"] > 0 and entry["cpu"]["cores_logical"] > 0
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"{url}/api/tags") as r:
+                tags = (await r.json())["models"]
+            model = next(m["name"] for m in tags if "embedding" not in m.get("capabilities", []))
+            body = {"model": model, "prompt": "hi", "stream": False, "options": {"num_predict": 4}}
+            async with http.post(f"{url}/api/generate", json=body) as r:
+                assert r.status == 200, await r.text()
+                assert r.headers["X-Fleet-Node"] == "laptop"
+                assert r.headers["X-Fleet-Score-Breakdown"] == ""  # no signal plugin loaded
+                assert (await r.json())["response"]
+        # SIGTERM on the agent: it drains and the router takes it offline at once
+        code, err = await stop(agent)
+        assert code == 0, err
+        status = await fleet_status(url)
+        assert status["nodes"][0]["status"] == "offline"
+    finally:
+        if agent is not None and agent.returncode is None:
+            await stop(agent)
+        code, err = await stop(router)
+        await node.stop()
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("argv", [["--plugins", "nothing-like-this"]])
+async def test_unmatched_plugin_selection_is_reported(argv, tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "herd_kernel.cli", "plugins", *argv,
+        env={**os.environ, "FLEET_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode == 0
+    assert b"no installed plugin matches 'nothing-like-this'" in out
