@@ -32,6 +32,7 @@ class Candidate:
     loaded: LoadedModel | None
     available: AvailableModel | None
     in_flight: int  # requests this router has running on node:model now
+    pending: int = 0  # requests waiting for node:model (queues arrive with the queue issue)
     node_in_flight: int  # requests this router has running on the node, any model
     unloaded_ago: float | None  # seconds since the model left memory here, None if never seen
 
@@ -46,12 +47,24 @@ class Candidate:
         return self.available.size_bytes if self.available is not None else 0
 
 
+class LatencyView(Protocol):
+    """Read-only latency history per node and model (normalized name), kept by the kernel from
+    finished requests. Every call is O(1); nothing here waits on a database."""
+
+    def p75_ms(self, node_id: str, model: str) -> float | None: ...
+
+    def samples(self, node_id: str, model: str) -> int: ...
+
+    def ttft_p50_ms(self, node_id: str, model: str) -> float | None: ...
+
+
 @frozen(kw_only=True, slots=True)
 class ScoringContext:
     request: RouteRequest
     model: str  # normalized name of the model being scored (may be a fallback)
     now: float  # monotonic seconds
     config: Config
+    latency: LatencyView
 
 
 class Signal(Protocol):

@@ -19,7 +19,15 @@ from aiohttp import web
 from herd_kernel import __version__
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet
-from herd_kernel.models import Heartbeat, PayloadError, Trace, structure, unstructure
+from herd_kernel.latency import LatencyHistory
+from herd_kernel.models import (
+    Heartbeat,
+    PayloadError,
+    Trace,
+    normalize_model,
+    structure,
+    unstructure,
+)
 from herd_kernel.pipeline import Pipeline
 from herd_kernel.plugins import PluginHost
 from herd_kernel.scoring import Scorer
@@ -43,7 +51,8 @@ class Services:
         )
         self.signals = host.signals(config)
         self.backends = host.backends(config)
-        self.scorer = Scorer(self.fleet, self.signals, config)
+        self.latency = LatencyHistory()
+        self.scorer = Scorer(self.fleet, self.signals, config, self.latency)
         self.pipeline = Pipeline(self)
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
@@ -60,6 +69,10 @@ class Services:
     def record(self, trace: Trace) -> None:
         """The end of every proxied request: one log line, the recent list, plugin hooks."""
         self.recent_traces.append(trace)
+        if trace.status == "completed" and trace.node_id is not None:
+            self.latency.record(
+                trace.node_id, normalize_model(trace.model), trace.latency_ms, trace.ttft_ms
+            )
         request_log.info(
             "request",
             request_id=trace.request_id,

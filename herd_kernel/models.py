@@ -167,6 +167,7 @@ class RouteRequest:
     path: str
     stream: bool
     num_ctx: int | None = None
+    num_predict: int | None = None
     fallback_models: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     estimated_tokens: int = 0

@@ -13,9 +13,10 @@ import attrs
 import structlog
 from attrs import field, frozen
 
-from herd_kernel.api import Candidate, ScoringContext
+from herd_kernel.api import Candidate, LatencyView, ScoringContext
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet
+from herd_kernel.latency import LatencyHistory
 from herd_kernel.models import NodeState, RouteRequest, normalize_model
 
 log = structlog.get_logger("herd.scoring")
@@ -48,8 +49,15 @@ def _fmt(value: float) -> str:
 
 
 class Scorer:
-    def __init__(self, fleet: Fleet, signals: Sequence[Any], config: Config) -> None:
+    def __init__(
+        self,
+        fleet: Fleet,
+        signals: Sequence[Any],
+        config: Config,
+        latency: LatencyView | None = None,
+    ) -> None:
         self.fleet = fleet
+        self.latency = latency if latency is not None else LatencyHistory()
         self.signals = list(signals)
         self.config = config
         self._broken: set[str] = set()
@@ -98,6 +106,7 @@ class Scorer:
                     loaded=loaded,
                     available=available,
                     in_flight=counters.in_flight if counters else 0,
+                    pending=counters.pending if counters else 0,
                     node_in_flight=self.fleet.node_in_flight.get(node.node_id, 0),
                     unloaded_ago=None if unloaded is None else now - unloaded,
                 )
@@ -106,7 +115,9 @@ class Scorer:
             kind = "unavailable" if known else "unknown_model"
             return NoRoute(kind=kind, model=model, eliminated=eliminated)
 
-        ctx = ScoringContext(request=request, model=key, now=now, config=self.config)
+        ctx = ScoringContext(
+            request=request, model=key, now=now, config=self.config, latency=self.latency
+        )
         totals = [0.0] * len(candidates)
         breakdowns: list[dict[str, float]] = [{} for _ in candidates]
         for signal in self.signals:

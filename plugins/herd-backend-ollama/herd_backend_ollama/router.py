@@ -95,6 +95,11 @@ class InferenceRoute:
                 if isinstance(num_ctx, bool) or not isinstance(num_ctx, int | float):
                     raise BadRequest('option "num_ctx" must be of type integer')
                 num_ctx = int(num_ctx)
+        num_predict = options.get("num_predict") if isinstance(options, dict) else None
+        if self.api == "openai":
+            num_predict = body.get("max_completion_tokens", body.get("max_tokens"))
+        if isinstance(num_predict, bool) or not isinstance(num_predict, int | float):
+            num_predict = None
         fallbacks = body.get("fallback_models", ())
         if fallbacks is None:
             fallbacks = ()
@@ -108,10 +113,57 @@ class InferenceRoute:
             path=self.path,
             stream=stream,
             num_ctx=num_ctx,
+            num_predict=None if num_predict is None else int(num_predict),
+            estimated_tokens=estimate_tokens(body),
             fallback_models=tuple(fallbacks),
             tags=request_tags(request, body),
             request_id=request.headers.get("X-Request-Id", "")[:64] or new_request_id(),
         )
+
+
+CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE tokenizers
+TOKENS_PER_MESSAGE = 4  # role markers and separators added by chat templates
+TOKENS_PER_IMAGE = 768  # a typical vision encoder's share of the context for one image
+
+
+def estimate_tokens(body: dict[str, Any]) -> int:
+    """A cheap prompt-size estimate (no tokenizer): characters / 4 plus template and image costs.
+
+    Linear in the body, which was parsed anyway; used to judge context fit, never billed.
+    """
+    chars = 0
+    images = 0
+    tokens = 0
+    for key in ("prompt", "system", "suffix", "input"):
+        value = body.get(key)
+        if isinstance(value, str):
+            chars += len(value)
+        elif isinstance(value, list):
+            chars += sum(len(v) for v in value if isinstance(v, str))
+    if isinstance(body.get("images"), list):
+        images += len(body["images"])
+    messages = body.get("messages")
+    if isinstance(messages, list):
+        for message in messages:
+            if not isinstance(message, dict):
+                continue
+            tokens += TOKENS_PER_MESSAGE
+            content = message.get("content")
+            if isinstance(content, str):
+                chars += len(content)
+            elif isinstance(content, list):  # OpenAI content parts
+                for part in content:
+                    if isinstance(part, dict):
+                        if isinstance(part.get("text"), str):
+                            chars += len(part["text"])
+                        elif part.get("type") in ("image_url", "input_audio"):
+                            images += 1
+            if isinstance(message.get("images"), list):
+                images += len(message["images"])
+    tools = body.get("tools")
+    if isinstance(tools, list):
+        chars += len(json.dumps(tools))
+    return tokens + chars // CHARS_PER_TOKEN + images * TOKENS_PER_IMAGE
 
 
 def _kind(value: Any) -> str:

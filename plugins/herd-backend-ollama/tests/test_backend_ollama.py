@@ -113,3 +113,15 @@ def test_openai_model_entries():
     assert router.openai_model("hf.co/org/repo:q4", "2025-05-04T17:37:44.706015396-07:00") == {
         "id": "hf.co/org/repo:q4", "object": "model", "created": 1746405464, "owned_by": "org"}
     assert router.openai_model("llama3.2:3b", None)["owned_by"] == "library"
+
+
+def test_token_estimate_counts_text_messages_images_and_tools():
+    assert router.estimate_tokens({}) == 0
+    assert router.estimate_tokens({"prompt": "x" * 400}) == 100
+    chat = {"messages": [{"role": "system", "content": "a" * 40},
+                         {"role": "user", "content": [{"type": "text", "text": "b" * 40},
+                                                      {"type": "image_url", "image_url": "data:"}]},
+                         {"role": "user", "content": "c", "images": ["i1", "i2"]}, "junk"]}
+    assert router.estimate_tokens(chat) == 3 * 4 + 81 // 4 + 3 * 768
+    tools = {"tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert router.estimate_tokens(tools) > 0
