@@ -10,6 +10,7 @@ import collections
 import json
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,7 +20,7 @@ from aiohttp import web
 from herd_kernel import __version__
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet
-from herd_kernel.latency import LatencyHistory
+from herd_kernel.latency import WINDOW, LatencyHistory
 from herd_kernel.models import (
     Heartbeat,
     PayloadError,
@@ -31,6 +32,7 @@ from herd_kernel.models import (
 from herd_kernel.pipeline import Pipeline
 from herd_kernel.plugins import PluginHost
 from herd_kernel.scoring import Scorer
+from herd_kernel.store import TraceStore
 from herd_kernel.wire import BadRequest, api_for_path, error_response, read_json_object
 
 log = structlog.get_logger("herd.router")
@@ -52,6 +54,11 @@ class Services:
         self.signals = host.signals(config)
         self.backends = host.backends(config)
         self.latency = LatencyHistory()
+        self.store = TraceStore(
+            Path(config["FLEET_DATA_DIR"]) / "latency.db",
+            queue_size=config["FLEET_TRACE_QUEUE_SIZE"],
+            retention_days=config["FLEET_TRACE_RETENTION_DAYS"],
+        )
         self.scorer = Scorer(self.fleet, self.signals, config, self.latency)
         self.pipeline = Pipeline(self)
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
@@ -69,6 +76,7 @@ class Services:
     def record(self, trace: Trace) -> None:
         """The end of every proxied request: one log line, the recent list, plugin hooks."""
         self.recent_traces.append(trace)
+        self.store.submit(trace)
         if trace.status == "completed" and trace.node_id is not None:
             self.latency.record(
                 trace.node_id, normalize_model(trace.model), trace.latency_ms, trace.ttft_ms
@@ -301,6 +309,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ),
         auto_decompress=True,
     )
+    await services.store.open()
+    services.latency.restore(await services.store.recent_latencies(WINDOW))
     sweeper = asyncio.create_task(services.fleet.run_sweeper(), name="herd-fleet-sweeper")
     await services.host.lifecycle("herd_startup", services)
     withdrawals = await _announce(services)
@@ -316,3 +326,4 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         sweeper.cancel()
         await asyncio.gather(sweeper, return_exceptions=True)
         await services.http.close()
+        await services.store.close()

@@ -182,6 +182,19 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         help="Largest request body accepted, in MiB (images travel base64 inside JSON).",
     ),
     Setting(
+        env="FLEET_TRACE_RETENTION_DAYS",
+        type=float,
+        default=30.0,
+        help="Days of request traces kept in <data dir>/latency.db (0 keeps everything).",
+    ),
+    Setting(
+        env="FLEET_TRACE_QUEUE_SIZE",
+        type=int,
+        default=10000,
+        help="Traces waiting to be written before new ones are dropped (the request path never "
+        "waits for the database).",
+    ),
+    Setting(
         env="FLEET_CONNECT_TIMEOUT",
         type=float,
         default=5.0,

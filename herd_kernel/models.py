@@ -191,7 +191,7 @@ class Trace:
 
     request_id: str
     timestamp: float
-    model: str
+    model: str  # the model that served (a fallback when one was used)
     api: str
     path: str
     node_id: str | None
@@ -208,6 +208,7 @@ class Trace:
     tags: tuple[str, ...] = ()
     error_message: str | None = None
     stream: bool = False
+    original_model: str = ""  # the model the client asked for
 
 
 # --- the converter -----------------------------------------------------------------------------

@@ -292,6 +292,7 @@ class Pipeline:
             tags=route.tags,
             error_message=error_message,
             stream=route.stream,
+            original_model=route.model,
         )
         self.services.record(trace)
 
