@@ -62,6 +62,8 @@ class Services:
         self.scorer = Scorer(self.fleet, self.signals, config, self.latency)
         self.pipeline = Pipeline(self)
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
+        # routing events (context protection, fallbacks...) for health checks and the dashboard
+        self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
         self._notify_traces = host.has_impls("herd_request_finished")
@@ -72,6 +74,11 @@ class Services:
                 )
             )
         self.fleet.listeners.append(_log_status_change)
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Remember a routing event; bounded, in memory, never awaited."""
+        self.events.append({"kind": kind, "timestamp": time.time(), **fields})
+        log.debug("routing event", kind=kind, **fields)
 
     def record(self, trace: Trace) -> None:
         """The end of every proxied request: one log line, the recent list, plugin hooks."""

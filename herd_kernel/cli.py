@@ -113,7 +113,7 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_serve_router(host, config, args))
     except KeyboardInterrupt:
         return 0
-    except (PluginError, OSError, RuntimeError) as exc:
+    except (PluginError, SettingError, OSError, RuntimeError) as exc:
         print(f"herd: {exc}", file=sys.stderr)
         return 1
 

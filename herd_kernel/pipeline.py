@@ -12,10 +12,11 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import attrs
 import structlog
 from aiohttp import web
 
@@ -30,6 +31,16 @@ log = structlog.get_logger("herd.request")
 
 _TAIL = 16384  # bytes of stream kept to read the final chunk's token counts
 _FORWARD_HEADERS = ("Content-Type",)
+
+
+@attrs.frozen(kw_only=True)
+class Outbound:
+    """What a backend sends for one routing decision: the bytes, extra response headers, and an
+    optional function that derives more headers from a whole (non-streamed) answer."""
+
+    body: bytes
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    on_complete: Callable[[bytes], Mapping[str, str]] | None = None
 
 
 class UpstreamFailed(Exception):
@@ -51,14 +62,14 @@ class Pipeline:
         self,
         request: web.Request,
         route: RouteRequest,
-        body_for: Callable[[str], bytes],
+        prepare: Callable[[Decision], Outbound],
         *,
         upstream_path: str,
         not_found: Callable[[str], str],
     ) -> web.StreamResponse:
         """Route ``route`` and relay the chosen node's answer to ``request``.
 
-        ``body_for(model)`` gives the bytes to send for a model name (the client's own bytes when
+        ``prepare(decision)`` gives what to send to the chosen node (the client's own bytes when
         nothing needs rewriting). ``not_found(model)`` is the API's 404 message.
         """
         services = self.services
@@ -76,9 +87,10 @@ class Pipeline:
             upstream: aiohttp.ClientResponse | None = None
             outcome = "failed"
             try:
-                upstream = await self._open(node.ollama_url + upstream_path, body_for(decision.model))
+                outbound = prepare(decision)
+                upstream = await self._open(node.ollama_url + upstream_path, outbound.body)
                 response, fields = await self._relay(
-                    request, route, decision, upstream, attempts, started
+                    request, route, decision, upstream, attempts, started, outbound
                 )
                 outcome = fields["status"]
             except UpstreamFailed as exc:
@@ -128,10 +140,12 @@ class Pipeline:
         upstream: aiohttp.ClientResponse,
         attempts: list[Attempt],
         started: float,
+        outbound: Outbound,
     ) -> tuple[web.StreamResponse, dict[str, Any]]:
         """Relay the answer. ``ttft_ms`` runs from the request's arrival to the first streamed
         byte; a non-streaming answer has none (it arrives whole)."""
         headers = self._fleet_headers(route, decision, attempts)
+        headers.update(outbound.headers)
         for name in _FORWARD_HEADERS:
             if name in upstream.headers:
                 headers[name] = upstream.headers[name]
@@ -141,6 +155,8 @@ class Pipeline:
                 payload = await upstream.read()
             except (TimeoutError, aiohttp.ClientError) as exc:
                 raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
+            if outbound.on_complete is not None and upstream.status < 400:
+                headers.update(outbound.on_complete(payload))
             response = web.Response(status=upstream.status, body=payload, headers=headers)
             fields = _final_counts(payload, route.api, whole=True)
             status = "completed" if upstream.status < 400 else "failed"

@@ -231,3 +231,50 @@ async def _get_json(url: str):
         async with http.get(url) as r:
             assert r.status == 200
             return json.loads(await r.read())
+
+
+async def test_context_protection_avoids_a_reload_of_the_hot_model(herd, fleet):
+    alpha = fleet.nodes["alpha"]
+    loads_before = alpha.stats["loads"]
+    body = {"model": MODEL, "stream": False, "options": {"num_ctx": 1024, "num_predict": 4},
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{herd.url}/api/chat", json=body) as r:
+            assert r.status == 200
+            assert "stripped num_ctx=1024" in r.headers["X-Fleet-Context-Protection"]
+    assert alpha.stats["loads"] == loads_before  # the loaded model was not reloaded
+    assert herd.services.events[-1]["kind"] == "context_num_ctx_would_reload"
+
+
+async def test_thinking_model_budget_and_headers(herd, fleet):
+    # no node holds a thinking model yet: pull one onto alpha's disk, as a user would
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{fleet.nodes['alpha'].url}/api/pull",
+                             json={"model": "deepseek-r1:7b", "stream": False}) as r:
+            assert r.status == 200
+        await wait_for(lambda: "deepseek-r1:7b" in herd.services.fleet.nodes["alpha"].available)
+        body = {"model": "deepseek-r1:7b", "stream": False, "options": {"num_predict": 50},
+                "messages": [{"role": "user", "content": "2+2?"}]}
+        async with http.post(f"{herd.url}/api/chat", json=body) as r:
+            payload = await r.json()
+            assert r.status == 200, payload
+            assert r.headers["X-Thinking-Budget"] == "1024"
+            assert int(r.headers["X-Thinking-Tokens"]) > 0
+            assert int(r.headers["X-Output-Tokens"]) >= 0
+            assert r.headers["X-Budget-Used"].endswith("%")
+            assert r.headers["X-Done-Reason"] == payload["done_reason"]
+    assert payload["message"]["thinking"]
+
+
+async def test_tags_reach_the_trace_store(herd, fleet):
+    body = {"model": MODEL, "stream": False, "metadata": {"tags": ["batch"]},
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{herd.url}/api/chat", json=body,
+                             headers={"X-App-Tag": "aider", "X-Herd-Tags": "team-a, nightly"}) as r:
+            assert r.status == 200
+    await herd.services.store.flush()
+    import sqlite3
+    db = sqlite3.connect(herd.services.store.path)
+    [(tags,)] = db.execute("SELECT tags FROM request_traces").fetchall()
+    assert json.loads(tags) == ["aider", "team-a", "nightly", "batch"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from herd_backend_ollama import node, router
+from herd_backend_ollama import node, router, shaping
 from herd_kernel.api import NodeContext, RouteDef
 from herd_kernel.config import Config
 from herd_kernel.hookspecs import hookimpl
@@ -21,6 +21,11 @@ class OllamaBackend:
 
     async def probe(self, ctx: NodeContext) -> Mapping[str, Any]:
         return await node.probe(ctx)
+
+
+@hookimpl
+def herd_settings() -> Sequence[Any]:
+    return shaping.SETTINGS
 
 
 @hookimpl

@@ -22,7 +22,8 @@ from herd_kernel.models import RouteRequest, normalize_model
 from herd_kernel.pipeline import new_request_id
 from herd_kernel.wire import Api, BadRequest, error_response, read_json_object, request_tags
 
-ROUTER_ONLY_FIELDS = ("fallback_models",)
+from herd_backend_ollama.shaping import Shaper
+
 _EPOCH = "1970-01-01T00:00:00Z"
 
 
@@ -45,9 +46,11 @@ class InferenceRoute:
         *,
         stream_default: bool,
         not_found: Callable[[str], str],
+        shaper: Shaper,
         empty_model_status: int = 400,
     ) -> None:
         self.services = services
+        self.shaper = shaper
         self.path = path
         self.api = api
         self.stream_default = stream_default
@@ -60,16 +63,12 @@ class InferenceRoute:
             route = self.parse(request, body)
         except BadRequest as exc:
             return error_response(self.api, exc.status, exc.message)
-        stripped = {k: v for k, v in body.items() if k not in ROUTER_ONLY_FIELDS}
-        rewrite = len(stripped) != len(body)
-
-        def body_for(model: str) -> bytes:
-            if model == route.model and not rewrite:
-                return raw
-            return json.dumps({**stripped, "model": model}).encode()
-
         return await self.services.pipeline.proxy(
-            request, route, body_for, upstream_path=self.path, not_found=self.not_found
+            request,
+            route,
+            lambda decision: self.shaper.outbound(route, raw, body, decision),
+            upstream_path=self.path,
+            not_found=self.not_found,
         )
 
     def parse(self, request: web.Request, body: dict[str, Any]) -> RouteRequest:
@@ -335,10 +334,11 @@ class Listings:
 
 def routes(services: Any) -> list[RouteDef]:
     listing = Listings(services)
+    shaper = Shaper(services.config, services.event)
 
     def infer(path: str, api: Api, stream_default: bool, not_found=_quoted_not_found, **kw: Any):
         return InferenceRoute(services, path, api, stream_default=stream_default,
-                              not_found=not_found, **kw)
+                              not_found=not_found, shaper=shaper, **kw)
 
     inference = [
         infer("/api/chat", "ollama", True),
