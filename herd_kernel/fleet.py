@@ -12,7 +12,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from herd_kernel.models import Heartbeat, NodeState, NodeStatus, normalize_model
+from herd_kernel.models import AvailableModel, Heartbeat, NodeState, NodeStatus, normalize_model
 
 StatusListener = Callable[[str, "str | None", str], None]
 
@@ -132,6 +132,14 @@ class Fleet:
     def _emit(self, node_id: str, old: str | None, new: str) -> None:
         for listener in self.listeners:
             listener(node_id, old, new)
+
+    def add_available(self, node_id: str, model: AvailableModel) -> None:
+        """Note a model the router itself just put on a node's disk (auto-pull), before the
+        node's next heartbeat confirms it."""
+        state = self.nodes.get(node_id)
+        if state is not None:
+            state.available.setdefault(normalize_model(model.name), model)
+            self.version += 1
 
     # --- reads ---------------------------------------------------------------------------------
 

@@ -172,6 +172,7 @@ class RouteRequest:
     tags: tuple[str, ...] = ()
     estimated_tokens: int = 0
     request_id: str = ""
+    original_model: str = ""  # set when the router substituted ``model`` before scoring
 
     @property
     def key(self) -> str:

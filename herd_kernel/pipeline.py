@@ -308,7 +308,7 @@ class Pipeline:
             tags=route.tags,
             error_message=error_message,
             stream=route.stream,
-            original_model=route.model,
+            original_model=route.original_model or route.model,
         )
         self.services.record(trace)
 

@@ -278,3 +278,47 @@ async def test_tags_reach_the_trace_store(herd, fleet):
     db = sqlite3.connect(herd.services.store.path)
     [(tags,)] = db.execute("SELECT tags FROM request_traces").fetchall()
     assert json.loads(tags) == ["aider", "team-a", "nightly", "batch"]
+
+
+async def start_herd(fleet, herd_router, herd_agent, env):
+    router = await herd_router(env=env)
+    for name, node in fleet.nodes.items():
+        await herd_agent(router.url, node.url, name)
+    await wait_for(lambda: all(n.available for n in router.services.fleet.nodes.values())
+                   and len(router.services.fleet.nodes) == 2)
+    return router
+
+
+async def test_auto_pull_puts_a_missing_model_on_a_node_then_serves_it(fleet, herd_router, herd_agent):
+    router = await start_herd(fleet, herd_router, herd_agent, {"FLEET_AUTO_PULL": "true"})
+    body = {"model": "qwen3:8b", "stream": False, "think": False, "options": {"num_predict": 4},
+            "messages": [{"role": "user", "content": "hi"}]}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{router.url}/api/chat", json=body) as r:
+            assert r.status == 200, await r.text()
+            target = r.headers["X-Fleet-Auto-Pull"]
+            assert r.headers["X-Fleet-Node"] == target
+        async with http.get(f"{fleet.nodes[target].url}/api/tags") as r:
+            assert "qwen3:8b" in {m["name"] for m in (await r.json())["models"]}
+        async with http.post(f"{router.url}/api/chat", json={**body, "model": "no-such:9b"}) as r:
+            assert r.status == 404  # the registry has no such model to pull
+
+
+async def test_auto_pull_and_vram_fallback_are_off_by_default(herd):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{herd.url}/api/chat", json={"model": "qwen3:8b", "messages": []}) as r:
+            assert r.status == 404 and "X-Fleet-Auto-Pull" not in r.headers
+
+
+async def test_vram_fallback_serves_a_loaded_model_of_the_same_kind(fleet, herd_router, herd_agent):
+    router = await start_herd(fleet, herd_router, herd_agent, {"FLEET_VRAM_FALLBACK": "1"})
+    body = {"model": "qwen2.5:7b", "stream": False, "messages": [{"role": "user", "content": "hi"}],
+            "options": {"num_predict": 4}}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{router.url}/api/chat", json=body) as r:
+            payload = await r.json()
+            assert r.status == 200
+            assert r.headers["X-Fleet-Vram-Fallback"] == f"qwen2.5:7b -> {MODEL}"
+            assert r.headers["X-Fleet-Node"] == "alpha"
+    assert payload["model"] == MODEL
+    assert router.services.recent_traces[-1].original_model == "qwen2.5:7b"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from herd_backend_ollama import node, router, shaping
+from herd_backend_ollama import node, router, shaping, substitutes
 from herd_kernel.api import NodeContext, RouteDef
 from herd_kernel.config import Config
 from herd_kernel.hookspecs import hookimpl
@@ -25,7 +25,7 @@ class OllamaBackend:
 
 @hookimpl
 def herd_settings() -> Sequence[Any]:
-    return shaping.SETTINGS
+    return (*shaping.SETTINGS, *substitutes.SETTINGS)
 
 
 @hookimpl

@@ -14,15 +14,16 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import attrs
 from aiohttp import web
 
+from herd_backend_ollama import substitutes
+from herd_backend_ollama.shaping import Shaper
 from herd_kernel import __version__
 from herd_kernel.api import RouteDef
-from herd_kernel.models import RouteRequest, normalize_model
-from herd_kernel.pipeline import new_request_id
+from herd_kernel.models import AvailableModel, RouteRequest, normalize_model
+from herd_kernel.pipeline import Outbound, new_request_id
 from herd_kernel.wire import Api, BadRequest, error_response, read_json_object, request_tags
-
-from herd_backend_ollama.shaping import Shaper
 
 _EPOCH = "1970-01-01T00:00:00Z"
 
@@ -63,13 +64,54 @@ class InferenceRoute:
             route = self.parse(request, body)
         except BadRequest as exc:
             return error_response(self.api, exc.status, exc.message)
+        served, headers = route, {}
+        if self.services.config["FLEET_AUTO_PULL"]:
+            failure = await self._auto_pull(route, headers)
+            if failure is not None:
+                return failure
+        if self.services.config["FLEET_VRAM_FALLBACK"]:
+            served = self._vram_fallback(route, headers)
+
+        def prepare(decision: Any) -> Outbound:
+            outbound = self.shaper.outbound(route, raw, body, decision)
+            if not headers:
+                return outbound
+            return attrs.evolve(outbound, headers={**headers, **outbound.headers})
+
         return await self.services.pipeline.proxy(
-            request,
-            route,
-            lambda decision: self.shaper.outbound(route, raw, body, decision),
-            upstream_path=self.path,
-            not_found=self.not_found,
+            request, served, prepare, upstream_path=self.path, not_found=self.not_found
         )
+
+    async def _auto_pull(self, route: RouteRequest, headers: dict[str, str]) -> web.Response | None:
+        fleet = self.services.fleet
+        wanted = (route.model, *route.fallback_models)
+        if any(fleet.holders(normalize_model(m)) for m in wanted):
+            return None
+        node = substitutes.pull_target(list(fleet.nodes.values()))
+        if node is None:
+            return error_response(self.api, 503, f"no online node to pull model '{route.model}' onto",
+                                  headers={"Retry-After": "5"})
+        self.services.event("auto_pull", node_id=node.node_id, model=route.model)
+        failure = await substitutes.pull(
+            self.services.http, node, route.model, self.services.config["FLEET_AUTO_PULL_TIMEOUT"]
+        )
+        if failure is not None:
+            if "does not exist" in failure or "not found" in failure:
+                return error_response(self.api, 404, self.not_found(route.model))
+            return error_response(self.api, 503, f"auto-pull of '{route.model}' on "
+                                  f"{node.node_id} failed: {failure}", headers={"Retry-After": "5"})
+        fleet.add_available(node.node_id, AvailableModel(name=route.model))
+        headers["X-Fleet-Auto-Pull"] = node.node_id
+        return None
+
+    def _vram_fallback(self, route: RouteRequest, headers: dict[str, str]) -> RouteRequest:
+        nodes = list(self.services.fleet.nodes.values())
+        substitute = substitutes.vram_substitute(nodes, route.model)
+        if substitute is None:
+            return route
+        self.services.event("vram_fallback", model=route.model, served=substitute)
+        headers["X-Fleet-Vram-Fallback"] = f"{route.model} -> {substitute}"
+        return attrs.evolve(route, model=substitute, original_model=route.model)
 
     def parse(self, request: web.Request, body: dict[str, Any]) -> RouteRequest:
         model = body.get("model")

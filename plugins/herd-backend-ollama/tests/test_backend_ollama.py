@@ -2,8 +2,8 @@
 
 import aiohttp
 from aiohttp import web
-
 from herd_backend_ollama import node, router
+
 from herd_kernel.api import NodeContext
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, structure

@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from herd_backend_ollama.shaping import Shaper, is_thinking
+
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, RouteRequest, structure
 from herd_kernel.scoring import Decision
