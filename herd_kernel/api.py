@@ -41,6 +41,14 @@ class Candidate:
         return self.node.node_id
 
     @property
+    def slots(self) -> int:
+        """Requests Ollama runs at once for one model on this node (OLLAMA_NUM_PARALLEL); 1 when
+        the node does not report it, which is Ollama's own behaviour on most machines."""
+        ollama = self.node.heartbeat.ollama
+        parallel = ollama.num_parallel if ollama is not None else 0
+        return parallel if parallel > 0 else 1
+
+    @property
     def model_size_bytes(self) -> int:
         if self.loaded is not None and self.loaded.size_bytes:
             return self.loaded.size_bytes

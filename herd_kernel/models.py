@@ -115,8 +115,9 @@ class OllamaReport:
 
 @frozen(kw_only=True)
 class Heartbeat:
-    """``POST /heartbeat`` body. Sensor plugins contribute fragments; unknown fragments are kept
-    in ``extras`` so a newer agent can talk to an older router."""
+    """``POST /heartbeat`` body. Sensor plugins contribute fragments. A fragment the kernel has
+    no field for belongs under ``extras`` (``{"extras": {"capacity": {...}}}``); other unknown
+    top-level keys are ignored, so a newer agent can still talk to an older router."""
 
     node_id: str = field(validator=_node_id)
     agent_version: str = ""
