@@ -11,7 +11,6 @@ from herd_sim import PROFILES, Fault, SimNode
 
 from herd_kernel.models import Attempt, Trace
 from herd_kernel.store import TraceStore
-from herd_kernel.testing import wait_for
 
 
 def trace(i, **kw):
