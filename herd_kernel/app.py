@@ -9,6 +9,7 @@ import asyncio
 import collections
 import json
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,8 @@ from aiohttp import web
 
 from herd_kernel import __version__
 from herd_kernel.config import Config
-from herd_kernel.fleet import Fleet
+from herd_kernel import auth
+from herd_kernel.fleet import Fleet, NodeConflict
 from herd_kernel.latency import WINDOW, LatencyHistory
 from herd_kernel.models import (
     Heartbeat,
@@ -66,6 +68,8 @@ class Services:
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
+        self.nonces = auth.NonceCache()
+        self.router_id = uuid.uuid4().hex[:12]
         self._notify_traces = host.has_impls("herd_request_finished")
         if host.has_impls("herd_node_status_changed"):
             self.fleet.listeners.append(
@@ -150,7 +154,16 @@ def _allow(exc: web.HTTPException) -> dict[str, str] | None:
 async def heartbeat(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
-        _raw, body = await read_json_object(request, _HEARTBEAT_MAX_BYTES)
+        raw, body = await read_json_object(request, _HEARTBEAT_MAX_BYTES)
+        secret = services.config["FLEET_SECRET"]
+        if secret:
+            problem = auth.verify(
+                secret, request.headers.get(auth.HEADER), request.method, request.path, raw,
+                services.nonces,
+            )
+            if problem:
+                log.warning("heartbeat refused", peer=request.remote, reason=problem)
+                return web.json_response({"error": f"unauthorized: {problem}"}, status=401)
         hb = structure(body, Heartbeat)
     except BadRequest as exc:
         return web.json_response({"error": f"invalid heartbeat: {exc.message}"}, status=exc.status)
@@ -158,7 +171,10 @@ async def heartbeat(request: web.Request) -> web.Response:
         return web.json_response(
             {"error": f"invalid heartbeat: {exc}", "field": exc.field}, status=400
         )
-    state = services.fleet.apply_heartbeat(hb, peer_ip=request.remote)
+    try:
+        state = services.fleet.apply_heartbeat(hb, peer_ip=request.remote)
+    except NodeConflict as exc:
+        return web.json_response({"error": str(exc)}, status=409)
     if hb.draining:
         return web.json_response({"status": "draining", "node_id": hb.node_id})
     return web.json_response({"status": "ok", "node_status": state.status})
@@ -198,6 +214,8 @@ def fleet_status(services: Services) -> dict[str, Any]:
                 "node_id": state.node_id,
                 "status": state.status,
                 "agent_version": hb.agent_version,
+                # an agent of another release may report fields this router reads differently
+                "agent_version_mismatch": bool(hb.agent_version) and hb.agent_version != __version__,
                 "last_heartbeat_s_ago": round(now - state.last_seen, 3),
                 "draining": hb.draining,
                 "paused": hb.paused,
@@ -260,6 +278,22 @@ async def traces_handler(request: web.Request) -> web.Response:
     return web.json_response({"traces": [unstructure(t) for t in reversed(traces)]}, dumps=_dumps)
 
 
+async def hello_handler(request: web.Request) -> web.Response:
+    """Who this router is; with a secret, proof that it knows it (an HMAC of the caller's nonce)."""
+    services = request.app[SERVICES]
+    nonce = request.query.get("nonce", "")
+    if len(nonce) > 128:
+        raise BadRequest("nonce too long")
+    secret = services.config["FLEET_SECRET"]
+    return web.json_response({
+        "service": "herd",
+        "version": __version__,
+        "router_id": services.router_id,
+        "secured": bool(secret),
+        "proof": auth.router_proof(secret, nonce) if secret and nonce else None,
+    })
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
@@ -276,6 +310,7 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
     app.router.add_post("/heartbeat", heartbeat)
     app.router.add_get("/fleet/status", status_handler)
     app.router.add_get("/fleet/traces", traces_handler)
+    app.router.add_get("/fleet/hello", hello_handler)
     claimed: dict[tuple[str, str], str] = {}
     for backend in services.backends:
         for route in backend.routes(services):

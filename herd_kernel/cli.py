@@ -35,8 +35,10 @@ def load(
 ) -> tuple[PluginHost, Config]:
     """Resolve the kernel's settings, load the selected plugins, then resolve theirs too."""
     environ = dict(os.environ if environ is None else environ)
-    if "FLEET_NODE_DATA_DIR" not in environ and "FLEET_DATA_DIR" in environ:
-        environ["FLEET_NODE_DATA_DIR"] = environ["FLEET_DATA_DIR"]
+    for node_env, shared in (("FLEET_NODE_DATA_DIR", "FLEET_DATA_DIR"),
+                             ("FLEET_NODE_SECRET", "FLEET_SECRET")):
+        if node_env not in environ and shared in environ:
+            environ[node_env] = environ[shared]
     kernel_specs = (*ROUTER_SETTINGS, *NODE_SETTINGS)
     early = resolve(kernel_specs, environ, flags)
     host = PluginHost(parse_selection(early[plugins_env]))
@@ -69,6 +71,7 @@ def _router_parser() -> argparse.ArgumentParser:
     parser.add_argument("--plugins", help="plugins to load, names or globs, comma-separated")
     parser.add_argument("--data-dir", help="data directory (FLEET_DATA_DIR)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (FLEET_LOG_LEVEL)")
+    parser.add_argument("--secret", help="fleet secret nodes must sign heartbeats with (FLEET_SECRET)")
     parser.add_argument("--no-local-node", action="store_true",
                         help="do not start a node agent for a local Ollama")
     parser.add_argument("--ollama-host", default=None,
@@ -94,6 +97,7 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
         "FLEET_PLUGINS": getattr(args, "plugins_sub", None) or args.plugins,
         "FLEET_DATA_DIR": args.data_dir,
         "FLEET_LOG_LEVEL": args.log_level,
+        "FLEET_SECRET": args.secret,
     }
     if args.demo and args.host is None and "FLEET_HOST" not in os.environ:
         flags["FLEET_HOST"] = "127.0.0.1"  # a demo has no business on the LAN
@@ -189,6 +193,14 @@ async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespa
     _on_signals(stop.set)
     background: list[Callable[[], Any]] = []
     print(f"Herd {__version__} routing on http://{bind}:{port}", file=sys.stderr)
+    if config["FLEET_SECRET"]:
+        print("  fleet secret set: start nodes with the same secret, e.g.\n"
+              "  FLEET_NODE_SECRET=<the secret> herd-node --router-url "
+              f"http://<this machine>:{port}   (or --secret)", file=sys.stderr)
+    elif bind not in ("127.0.0.1", "localhost", "::1"):
+        print("  no fleet secret: any machine on the network can register as a node.\n"
+              "  Set FLEET_SECRET (and FLEET_NODE_SECRET on nodes) to require signed heartbeats.",
+              file=sys.stderr)
     try:
         ollama = args.ollama_host or LOCAL_OLLAMA
         if not args.no_local_node:
@@ -230,7 +242,8 @@ async def _start_agent(
 ) -> Callable[[], Any]:
     from herd_kernel.node.agent import NodeAgent
 
-    overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama, **extra}
+    overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama,
+                                 "FLEET_NODE_SECRET": config["FLEET_SECRET"], **extra}
     if node_id:
         overrides["node_id"] = node_id
     agent = NodeAgent(config.with_overrides(**overrides), host)
@@ -298,6 +311,7 @@ def _node_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ollama-host", help="local Ollama URL (FLEET_NODE_OLLAMA_HOST)")
     parser.add_argument("--node-id", help="this node's name (FLEET_NODE_NODE_ID, default host name)")
     parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
+    parser.add_argument("--secret", help="the router's fleet secret (FLEET_NODE_SECRET)")
     parser.add_argument("--plugins", help="plugins to load, names or globs, comma-separated")
     parser.add_argument("--data-dir", help="data directory (FLEET_NODE_DATA_DIR / FLEET_DATA_DIR)")
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
@@ -314,6 +328,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         "FLEET_NODE_PLUGINS": args.plugins,
         "FLEET_NODE_DATA_DIR": args.data_dir,
         "FLEET_NODE_LOG_LEVEL": args.log_level,
+        "FLEET_NODE_SECRET": args.secret,
     }
     try:
         host, config = load(flags, "FLEET_NODE_PLUGINS")

@@ -158,6 +158,13 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         scope="both",
     ),
     Setting(
+        env="FLEET_SECRET",
+        type=str,
+        default="",
+        help="Fleet secret: when set, heartbeats must be signed with it (nodes set "
+        "FLEET_NODE_SECRET to the same value) and nodes can verify this router.",
+    ),
+    Setting(
         env="FLEET_HEARTBEAT_TIMEOUT",
         type=float,
         default=15.0,
@@ -228,6 +235,14 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         type=str,
         default=socket.gethostname(),
         help="This node's name in the fleet (default: the host name).",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_SECRET",
+        type=str,
+        default="",
+        help="The fleet secret the router was given (FLEET_SECRET): signs heartbeats and checks "
+        "that a router is the real one. Defaults to FLEET_SECRET when only that is set.",
         scope="node",
     ),
     Setting(

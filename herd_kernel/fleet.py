@@ -52,6 +52,10 @@ class QueueCounters:
     failed: int = 0
 
 
+class NodeConflict(Exception):
+    """Another agent already holds this node id and is alive."""
+
+
 class Fleet:
     """In-memory registry. All mutation happens on the event loop; reads never await."""
 
@@ -77,6 +81,16 @@ class Fleet:
         now = self.clock()
         state = self.nodes.get(hb.node_id)
         old_status: str | None = state.status if state is not None else None
+        if (
+            state is not None
+            and state.status != "offline"
+            and state.heartbeat.instance_id
+            and hb.instance_id != state.heartbeat.instance_id
+        ):
+            # a second machine (or a forgery) claims a live node's name: refuse, change nothing
+            raise NodeConflict(
+                f"node id {hb.node_id!r} is in use by another agent; pick another --node-id"
+            )
         loaded = {}
         available = {}
         url = ""

@@ -120,6 +120,7 @@ class Heartbeat:
     top-level keys are ignored, so a newer agent can still talk to an older router."""
 
     node_id: str = field(validator=_node_id)
+    instance_id: str = ""  # the agent installation's own id: a node id cannot be taken over
     agent_version: str = ""
     timestamp: float = 0.0
     hostname: str = ""

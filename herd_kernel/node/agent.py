@@ -6,16 +6,19 @@ the router. On stop it tells the router it is draining, so work stops at once.
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 import socket
 import time
+import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import structlog
 
-from herd_kernel import __version__
+from herd_kernel import __version__, auth
 from herd_kernel.api import NodeContext
 from herd_kernel.config import Config
 from herd_kernel.plugins import PluginHost
@@ -34,6 +37,8 @@ class NodeAgent:
         self.backends = host.backends(config)
         self.discoveries = host.discoveries(config)
         self.http: aiohttp.ClientSession | None = None
+        self.secret: str = config["FLEET_NODE_SECRET"]
+        self.instance_id = ""
         self.heartbeats_sent = 0
         self.failures = 0
         self.last_status: str | None = None
@@ -60,6 +65,7 @@ class NodeAgent:
         )
         payload: dict[str, Any] = {
             "node_id": self.node_id,
+            "instance_id": self.instance_id,
             "agent_version": __version__,
             "timestamp": time.time(),
             **self._static,
@@ -81,12 +87,21 @@ class NodeAgent:
             payload["extras"] = extras
         return payload
 
+    def _signed(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
+        body = json.dumps(payload).encode()
+        headers = {"Content-Type": "application/json"}
+        if self.secret:
+            headers[auth.HEADER] = auth.sign(self.secret, "POST", "/heartbeat", body)
+        return body, headers
+
     async def send(self, payload: Mapping[str, Any]) -> dict[str, Any] | None:
         assert self.http is not None
+        body, headers = self._signed(payload)
         try:
             async with self.http.post(
                 f"{self.router_url}/heartbeat",
-                json=payload,
+                data=body,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=max(2.0, self.interval)),
             ) as response:
                 body = await response.json(content_type=None)
@@ -110,6 +125,7 @@ class NodeAgent:
 
     async def find_router(self) -> str:
         if self.router_url:
+            await self._trust(self.router_url, wait=True)
             return self.router_url
         if not self.discoveries:
             raise RuntimeError(
@@ -119,17 +135,43 @@ class NodeAgent:
         while not self._stopping.is_set():
             for discovery in self.discoveries:
                 url = await discovery.find_router(self.config, timeout=10.0)
-                if url:
+                if url and await self._trust(url, wait=False):
                     log.info("found router", url=url, via=discovery.name)
                     return url.rstrip("/")
             log.info("no router found yet; still looking")
         raise asyncio.CancelledError
 
+    async def _trust(self, url: str, *, wait: bool) -> bool:
+        """With a secret, only a router that answers our challenge gets heartbeats (an impostor
+        would learn this machine's state and receive its traffic)."""
+        if not self.secret:
+            return True
+        assert self.http is not None
+        while not self._stopping.is_set():
+            if await auth.check_router(self.http, url, self.secret):
+                return True
+            log.error("router did not prove it knows the fleet secret; not reporting to it",
+                      router=url)
+            if not wait:
+                return False
+            try:
+                await asyncio.wait_for(self._stopping.wait(), timeout=max(1.0, self.interval))
+            except TimeoutError:
+                pass
+        raise asyncio.CancelledError
+
     async def run(self) -> None:
         """Heartbeat at a fixed rate until ``stop()``; then send a draining heartbeat."""
+        self.instance_id = await asyncio.to_thread(self._load_instance_id)
         async with aiohttp.ClientSession() as http:
             self.http = http
-            self.router_url = await self.find_router()
+            try:
+                self.router_url = await self.find_router()
+            except asyncio.CancelledError:
+                if self._stopping.is_set():
+                    self.http = None
+                    return
+                raise
             log.info("node agent started", node=self.node_id, router=self.router_url,
                      ollama=self.config["FLEET_NODE_OLLAMA_HOST"], interval=self.interval)
             await self.host.lifecycle("herd_startup", self)
@@ -152,12 +194,33 @@ class NodeAgent:
             await self.host.lifecycle("herd_shutdown", self, reverse=True)
         self.http = None
 
+    def _load_instance_id(self) -> str:
+        """A random id for this agent installation, kept in the data dir so a restart keeps it."""
+        path = Path(self.config["FLEET_NODE_DATA_DIR"]) / f"agent-{self.node_id}.id"
+        try:
+            value = path.read_text().strip()
+            if value:
+                return value
+        except OSError:
+            pass
+        value = uuid.uuid4().hex
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(value + "\n")
+        except OSError as exc:
+            log.warning("cannot keep the agent id; a restart will look like a new agent",
+                        path=str(path), error=repr(exc))
+        return value
+
     async def drain(self) -> None:
         assert self.http is not None
+        body, headers = self._signed({"node_id": self.node_id, "instance_id": self.instance_id,
+                                      "agent_version": __version__, "draining": True})
         try:
             async with self.http.post(
                 f"{self.router_url}/heartbeat",
-                json={"node_id": self.node_id, "agent_version": __version__, "draining": True},
+                data=body,
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=3),
             ) as response:
                 await response.read()
