@@ -230,6 +230,8 @@ def fleet_status(services: Services) -> dict[str, Any]:
                 "cpu": unstructure(hb.cpu),
                 "memory": unstructure(hb.memory),
                 "disk": unstructure(hb.disk),
+                "thermal": unstructure(hb.thermal),
+                "gpus": unstructure(hb.gpus),
                 "ollama": ollama,
                 "extras": hb.extras,
             }

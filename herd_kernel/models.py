@@ -66,6 +66,9 @@ class MemoryReading:
     used_gb: float = field(default=0.0, validator=_non_negative)
     available_gb: float = field(default=0.0, validator=_non_negative)
     pressure: Pressure = "normal"
+    swap_total_gb: float = field(default=0.0, validator=_non_negative)
+    swap_used_gb: float = field(default=0.0, validator=_non_negative)
+    unified: bool = False  # Apple silicon: the GPU works from this same memory
 
 
 @frozen(kw_only=True)
@@ -73,6 +76,22 @@ class DiskReading:
     total_gb: float = field(default=0.0, validator=_non_negative)
     used_gb: float = field(default=0.0, validator=_non_negative)
     available_gb: float = field(default=0.0, validator=_non_negative)
+
+
+@frozen(kw_only=True)
+class ThermalReading:
+    state: Literal["nominal", "fair", "serious", "critical", "unknown"] = "unknown"
+    temperature_c: float | None = None
+    source: str = ""
+
+
+@frozen(kw_only=True)
+class GpuReading:
+    name: str
+    memory_total_gb: float = field(default=0.0, validator=_non_negative)
+    memory_used_gb: float = field(default=0.0, validator=_non_negative)
+    utilization_pct: float | None = None
+    temperature_c: float | None = None
 
 
 @frozen(kw_only=True)
@@ -131,6 +150,8 @@ class Heartbeat:
     cpu: CpuReading = CpuReading()
     memory: MemoryReading = MemoryReading()
     disk: DiskReading = DiskReading()
+    thermal: ThermalReading = ThermalReading()
+    gpus: tuple[GpuReading, ...] = ()
     ollama: OllamaReport | None = None
     extras: dict[str, Any] = field(factory=dict)
 
@@ -256,7 +277,9 @@ def _strict_sequence(type_: Any) -> None:
     converter.register_structure_hook_func(lambda t: t == type_, structure)
 
 
-for _seq in (tuple[LoadedModel, ...], tuple[AvailableModel, ...], tuple[str, ...]):
+for _seq in (
+    tuple[LoadedModel, ...], tuple[AvailableModel, ...], tuple[GpuReading, ...], tuple[str, ...]
+):
     _strict_sequence(_seq)
 
 
