@@ -79,6 +79,15 @@ class Services:
             )
         self.fleet.listeners.append(_log_status_change)
 
+    def upstream_headers(self, path: str, body: bytes, method: str = "POST") -> dict[str, str]:
+        """Headers for a request to a node: signed with the fleet secret when there is one, so a
+        node's LAN proxy can tell the router from anyone else."""
+        headers = {"Content-Type": "application/json"}
+        secret = self.config["FLEET_SECRET"]
+        if secret:
+            headers[auth.HEADER] = auth.sign(secret, method, path, body)
+        return headers
+
     def event(self, kind: str, **fields: Any) -> None:
         """Remember a routing event; bounded, in memory, never awaited."""
         self.events.append({"kind": kind, "timestamp": time.time(), **fields})

@@ -246,6 +246,29 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         scope="node",
     ),
     Setting(
+        env="FLEET_NODE_LAN_PROXY",
+        type=str,
+        default="auto",
+        help="Offer the router a way to a localhost-only Ollama: 'auto' (only when a fleet "
+        "secret is set and FLEET_NODE_OLLAMA_HOST is a loopback address), 'on', or 'off'. The "
+        "proxy forwards only the router's routes, signed with the secret when one is set.",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_PROXY_HOST",
+        type=str,
+        default="0.0.0.0",
+        help="Address the LAN proxy listens on.",
+        scope="node",
+    ),
+    Setting(
+        env="FLEET_NODE_PROXY_PORT",
+        type=int,
+        default=11444,
+        help="Port the LAN proxy listens on (0 picks a free one).",
+        scope="node",
+    ),
+    Setting(
         env="FLEET_NODE_HEARTBEAT_INTERVAL",
         type=float,
         default=5.0,

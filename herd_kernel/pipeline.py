@@ -88,7 +88,7 @@ class Pipeline:
             outcome = "failed"
             try:
                 outbound = prepare(decision)
-                upstream = await self._open(node.ollama_url + upstream_path, outbound.body)
+                upstream = await self._open(node.ollama_url, upstream_path, outbound.body)
                 response, fields = await self._relay(
                     request, route, decision, upstream, attempts, started, outbound
                 )
@@ -115,10 +115,10 @@ class Pipeline:
 
     # --- upstream ------------------------------------------------------------------------------
 
-    async def _open(self, url: str, payload: bytes) -> aiohttp.ClientResponse:
+    async def _open(self, base: str, path: str, payload: bytes) -> aiohttp.ClientResponse:
         try:
             response = await self.services.http.post(
-                url, data=payload, headers={"Content-Type": "application/json"}
+                base + path, data=payload, headers=self.services.upstream_headers(path, payload)
             )
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             raise UpstreamFailed(f"connect: {type(exc).__name__}: {exc}".rstrip(": ")) from None

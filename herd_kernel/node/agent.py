@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import structlog
@@ -21,6 +22,8 @@ import structlog
 from herd_kernel import __version__, auth
 from herd_kernel.api import NodeContext
 from herd_kernel.config import Config
+from herd_kernel.fleet import _is_loopback
+from herd_kernel.node import proxy
 from herd_kernel.plugins import PluginHost
 
 log = structlog.get_logger("herd.node")
@@ -39,6 +42,7 @@ class NodeAgent:
         self.http: aiohttp.ClientSession | None = None
         self.secret: str = config["FLEET_NODE_SECRET"]
         self.instance_id = ""
+        self.advertised_ollama: str | None = None  # the LAN proxy's URL, when it runs
         self.heartbeats_sent = 0
         self.failures = 0
         self.last_status: str | None = None
@@ -85,6 +89,9 @@ class NodeAgent:
                     payload[key] = value
         if extras:
             payload["extras"] = extras
+        ollama = payload.get("ollama")
+        if self.advertised_ollama and isinstance(ollama, dict):
+            ollama["url"] = self.advertised_ollama
         return payload
 
     def _signed(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
@@ -174,6 +181,7 @@ class NodeAgent:
                 raise
             log.info("node agent started", node=self.node_id, router=self.router_url,
                      ollama=self.config["FLEET_NODE_OLLAMA_HOST"], interval=self.interval)
+            proxy_runner = await self._start_proxy()
             await self.host.lifecycle("herd_startup", self)
             loop = asyncio.get_running_loop()
             next_tick = loop.time()
@@ -192,7 +200,35 @@ class NodeAgent:
                     pass
             await self.drain()
             await self.host.lifecycle("herd_shutdown", self, reverse=True)
+            if proxy_runner is not None:
+                await proxy_runner.cleanup()
         self.http = None
+
+    def proxy_wanted(self) -> bool:
+        mode = str(self.config["FLEET_NODE_LAN_PROXY"]).lower()
+        if mode == "on":
+            return True
+        if mode != "auto":
+            return False
+        host = urlsplit(self.config["FLEET_NODE_OLLAMA_HOST"]).hostname or ""
+        return bool(self.secret) and _is_loopback(host)
+
+    async def _start_proxy(self) -> Any:
+        if not self.proxy_wanted():
+            return None
+        runner, port = await proxy.start(
+            self.config["FLEET_NODE_OLLAMA_HOST"], self.secret,
+            self.config["FLEET_NODE_PROXY_HOST"], self.config["FLEET_NODE_PROXY_PORT"],
+        )
+        bind = self.config["FLEET_NODE_PROXY_HOST"]
+        shown = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
+        # a loopback address here means "me": the router swaps in the address we post from
+        self.advertised_ollama = f"http://{shown}:{port}"
+        if not self.secret:
+            log.warning("LAN proxy without a fleet secret: anyone on the network can use this "
+                        "node's Ollama through it", port=port)
+        log.info("LAN proxy to the local Ollama", listen=f"{bind}:{port}", signed=bool(self.secret))
+        return runner
 
     def _load_instance_id(self) -> str:
         """A random id for this agent installation, kept in the data dir so a restart keeps it."""

@@ -93,7 +93,7 @@ class InferenceRoute:
                                   headers={"Retry-After": "5"})
         self.services.event("auto_pull", node_id=node.node_id, model=route.model)
         failure = await substitutes.pull(
-            self.services.http, node, route.model, self.services.config["FLEET_AUTO_PULL_TIMEOUT"]
+            self.services, node, route.model, self.services.config["FLEET_AUTO_PULL_TIMEOUT"]
         )
         if failure is not None:
             if "does not exist" in failure or "not found" in failure:
@@ -360,7 +360,7 @@ class Listings:
             try:
                 async with services.http.post(
                     f"{node.ollama_url}/api/show", data=raw,
-                    headers={"Content-Type": "application/json"},
+                    headers=services.upstream_headers("/api/show", raw),
                 ) as upstream:
                     payload = await upstream.read()
                     if upstream.status < 500 and upstream.status != 404:

@@ -5,6 +5,7 @@ default, and both say what they did in response headers.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import aiohttp
@@ -76,12 +77,14 @@ def pull_target(nodes: list[NodeState]) -> NodeState | None:
                                       n.heartbeat.memory.available_gb, n.node_id))
 
 
-async def pull(http: aiohttp.ClientSession, node: NodeState, model: str, timeout: float) -> str | None:
+async def pull(services: Any, node: NodeState, model: str, timeout: float) -> str | None:
     """Pull ``model`` on ``node``; returns None on success, else the reason it failed."""
+    body = json.dumps({"model": model, "stream": False}).encode()
     try:
-        async with http.post(
+        async with services.http.post(
             f"{node.ollama_url}/api/pull",
-            json={"model": model, "stream": False},
+            data=body,
+            headers=services.upstream_headers("/api/pull", body),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             body = await response.json(content_type=None)
