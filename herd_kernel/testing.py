@@ -38,6 +38,37 @@ def make_config(host: PluginHost | None = None, env: Mapping[str, str] | None = 
     return resolve(specs, dict(env or {}), flags)
 
 
+def load_signal(entry: str, env: Mapping[str, str] | None = None) -> Any:
+    """The one signal an installed plugin registers, built from ``env`` (e.g. ``signal-thermal``)."""
+    host = make_host(entry)
+    [signal] = host.signals(make_config(host, env or {}))
+    return signal
+
+
+def scoring_context(
+    model: str = "m",
+    *,
+    config: Config | None = None,
+    latency: Any = None,
+    **request: Any,
+) -> Any:
+    """A ScoringContext for a request for ``model``; extra keywords go to the RouteRequest."""
+    from herd_kernel.api import ScoringContext
+    from herd_kernel.latency import LatencyHistory
+    from herd_kernel.models import RouteRequest, normalize_model
+
+    request.setdefault("api", "ollama")
+    request.setdefault("path", "/api/chat")
+    request.setdefault("stream", True)
+    return ScoringContext(
+        request=RouteRequest(model=model, **request),
+        model=normalize_model(model),
+        now=0.0,
+        config=config or make_config(),
+        latency=latency if latency is not None else LatencyHistory(),
+    )
+
+
 def heartbeat_payload(
     node_id: str,
     *,

@@ -5,7 +5,7 @@ import herd_signal_example
 
 from herd_kernel.api import Candidate
 from herd_kernel.models import AvailableModel, Heartbeat, NodeState
-from herd_kernel.testing import make_config, make_host
+from herd_kernel.testing import load_signal, make_host
 
 
 def cand(node):
@@ -21,9 +21,7 @@ def cand(node):
 
 
 def signal(env=None):
-    host = make_host("signal-example")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-example", env)
 
 
 def test_listed_nodes_get_the_default_points():

@@ -20,7 +20,7 @@ from herd_kernel.models import (
     structure,
 )
 from herd_kernel.scoring import Decision, Scorer
-from herd_kernel.testing import heartbeat_payload, make_config, make_host
+from herd_kernel.testing import heartbeat_payload, load_signal, make_config, make_host
 
 MISSING = object()
 
@@ -53,9 +53,7 @@ def cand(node="n", cap=MISSING, loaded=False, available_gb=24.0):
 
 
 def signal(env=None):
-    host = make_host("signal-availability-trend")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-availability-trend", env)
 
 
 def scores(sig, candidates, **request):

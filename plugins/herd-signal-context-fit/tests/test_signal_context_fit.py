@@ -20,7 +20,7 @@ from herd_kernel.models import (
     structure,
 )
 from herd_kernel.scoring import Decision, Scorer
-from herd_kernel.testing import heartbeat_payload, make_config, make_host
+from herd_kernel.testing import heartbeat_payload, load_signal, make_config, make_host
 
 
 def cand(node="n", loaded_ctx=None, trained_ctx=0, size_bytes=0, available_gb=24.0):
@@ -45,9 +45,7 @@ def cand(node="n", loaded_ctx=None, trained_ctx=0, size_bytes=0, available_gb=24
 
 
 def signal(env=None):
-    host = make_host("signal-context-fit")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-context-fit", env)
 
 
 def ctx(tokens=0, num_ctx=None, num_predict=None):

@@ -6,17 +6,15 @@ import math
 import herd_signal_memory_fit
 import pytest
 
-from herd_kernel.api import Candidate, ScoringContext
-from herd_kernel.latency import LatencyHistory
+from herd_kernel.api import Candidate
 from herd_kernel.models import (
     AvailableModel,
     Heartbeat,
     LoadedModel,
     MemoryReading,
     NodeState,
-    RouteRequest,
 )
-from herd_kernel.testing import make_config, make_host
+from herd_kernel.testing import load_signal, make_config, make_host, scoring_context
 
 GB = 1024**3
 
@@ -43,16 +41,11 @@ def cand(node="n", *, size_gb=10.0, loaded=False, available_gb=64.0, total_gb=No
 
 
 def signal(env=None):
-    host = make_host("signal-memory-fit")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-memory-fit", env)
 
 
 def ctx(config=None, **request):
-    return ScoringContext(
-        request=RouteRequest(model="m", api="ollama", path="/api/chat", stream=True, **request),
-        model="m:latest", now=0.0, config=config or make_config(), latency=LatencyHistory(),
-    )
+    return scoring_context(config=config, **request)
 
 
 # need = 10 GB * 1.2 = 12 GB: room 24 is the comfort ratio 2.0, room 12 is exactly 1.0

@@ -4,17 +4,15 @@ entry point and scores hand-made candidates."""
 import herd_signal_queue_depth
 import pytest
 
-from herd_kernel.api import Candidate, ScoringContext
-from herd_kernel.latency import LatencyHistory
+from herd_kernel.api import Candidate
 from herd_kernel.models import (
     AvailableModel,
     Heartbeat,
     LoadedModel,
     NodeState,
     OllamaReport,
-    RouteRequest,
 )
-from herd_kernel.testing import make_config, make_host
+from herd_kernel.testing import load_signal, make_config, make_host, scoring_context
 
 
 def cand(node="n", *, in_flight=0, pending=0, node_in_flight=None, num_parallel=0, loaded=False,
@@ -33,16 +31,11 @@ def cand(node="n", *, in_flight=0, pending=0, node_in_flight=None, num_parallel=
 
 
 def signal(env=None):
-    host = make_host("signal-queue-depth")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-queue-depth", env)
 
 
 def ctx(config=None, **request):
-    return ScoringContext(
-        request=RouteRequest(model="m", api="ollama", path="/api/chat", stream=True, **request),
-        model="m:latest", now=0.0, config=config or make_config(), latency=LatencyHistory(),
-    )
+    return scoring_context(config=config, **request)
 
 
 def test_defaults_and_range():

@@ -20,7 +20,7 @@ from herd_kernel.models import (
     structure,
 )
 from herd_kernel.scoring import Decision, Scorer
-from herd_kernel.testing import heartbeat_payload, make_config, make_host
+from herd_kernel.testing import heartbeat_payload, load_signal, make_config, make_host
 
 GIB = 1024**3
 
@@ -48,9 +48,7 @@ def cand(node, total_gb, size_gb=None, loaded_gb=None, available_gb=None):
 
 
 def signal(env=None):
-    host = make_host("signal-role-affinity")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-role-affinity", env)
 
 
 def context(**request):

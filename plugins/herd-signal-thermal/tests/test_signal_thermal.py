@@ -2,7 +2,7 @@ import herd_signal_thermal
 
 from herd_kernel.api import Candidate
 from herd_kernel.models import AvailableModel, Heartbeat, LoadedModel, NodeState
-from herd_kernel.testing import make_config, make_host
+from herd_kernel.testing import load_signal, make_host
 
 
 def cand(loaded=False, available=True, unloaded_ago=None, node="n"):
@@ -18,9 +18,7 @@ def cand(loaded=False, available=True, unloaded_ago=None, node="n"):
 
 
 def signal(env=None):
-    host = make_host("signal-thermal")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-thermal", env)
 
 
 def test_hot_warm_cold_defaults():

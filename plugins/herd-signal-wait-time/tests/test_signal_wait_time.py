@@ -4,7 +4,7 @@ entry point and scores hand-made candidates against a latency history fed by han
 import herd_signal_wait_time
 import pytest
 
-from herd_kernel.api import Candidate, ScoringContext
+from herd_kernel.api import Candidate
 from herd_kernel.latency import LatencyHistory
 from herd_kernel.models import (
     AvailableModel,
@@ -12,9 +12,8 @@ from herd_kernel.models import (
     LoadedModel,
     NodeState,
     OllamaReport,
-    RouteRequest,
 )
-from herd_kernel.testing import make_config, make_host
+from herd_kernel.testing import load_signal, make_config, make_host, scoring_context
 
 
 def cand(node="n", *, in_flight=0, pending=0, num_parallel=0, loaded=False, unloaded_ago=None):
@@ -32,9 +31,7 @@ def cand(node="n", *, in_flight=0, pending=0, num_parallel=0, loaded=False, unlo
 
 
 def signal(env=None):
-    host = make_host("signal-wait-time")
-    [sig] = host.signals(make_config(host, env or {}))
-    return sig
+    return load_signal("signal-wait-time", env)
 
 
 def history(**p75_ms):
@@ -47,11 +44,7 @@ def history(**p75_ms):
 
 
 def ctx(latency=None, config=None, **request):
-    return ScoringContext(
-        request=RouteRequest(model="m", api="ollama", path="/api/chat", stream=True, **request),
-        model="m:latest", now=0.0, config=config or make_config(),
-        latency=latency if latency is not None else LatencyHistory(),
-    )
+    return scoring_context(latency=latency, config=config, **request)
 
 
 def test_defaults_and_range():
