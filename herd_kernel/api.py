@@ -111,6 +111,7 @@ class NodeContext:
     config: Config
     node_id: str
     http: Any  # aiohttp.ClientSession
+    budget: float = 4.0  # seconds a read may take before the agent cancels it
 
 
 class Backend(Protocol):

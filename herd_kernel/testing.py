@@ -173,8 +173,9 @@ async def herd_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[An
         plugins: str | None = None,
         env: Mapping[str, str] | None = None,
         wait: bool = True,
+        extra: Iterable[object] = (),
     ) -> NodeAgent:
-        host = make_host(plugins)
+        host = make_host(plugins, extra)
         config = make_config(
             host,
             {"FLEET_NODE_DATA_DIR": str(tmp_path / f"node-{node_id}"), **(env or {})},

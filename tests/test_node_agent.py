@@ -94,3 +94,31 @@ async def test_agent_survives_the_router_being_away(herd_router, tmp_path, unuse
     finally:
         agent.stop()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class PauseVotes:
+    """One sensor pauses the node; a later one says 'not paused'. The pause must stand."""
+
+    class Pauses:
+        name, order = "pauses", 1
+
+        async def read(self, ctx):
+            return {"paused": True}
+
+    class Denies:
+        name, order = "denies", 2
+
+        async def read(self, ctx):
+            assert ctx.budget > 0
+            return {"paused": False}
+
+    @hookimpl
+    def herd_node_sensors(self, config):
+        return [self.Pauses(), self.Denies()]
+
+
+async def test_any_sensor_can_pause_and_a_later_one_cannot_undo_it(herd_router, herd_agent):
+    router = await herd_router()
+    await herd_agent(router.url, "http://127.0.0.1:9", "n1", plugins="none", extra=[PauseVotes()])
+    assert router.services.fleet.nodes["n1"].heartbeat.paused is True
+    assert not router.services.fleet.nodes["n1"].routable

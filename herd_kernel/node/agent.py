@@ -54,14 +54,20 @@ class NodeAgent:
         }
 
     @property
+    def budget(self) -> float:
+        """Seconds each sensor and probe gets per heartbeat before it is cancelled."""
+        return max(0.5, self.interval * 0.8)
+
+    @property
     def context(self) -> NodeContext:
         assert self.http is not None
-        return NodeContext(config=self.config, node_id=self.node_id, http=self.http)
+        return NodeContext(config=self.config, node_id=self.node_id, http=self.http,
+                           budget=self.budget)
 
     async def collect(self) -> dict[str, Any]:
         """One heartbeat payload: static facts, then sensors in order, then backend reports."""
         ctx = self.context
-        budget = max(0.5, self.interval * 0.8)
+        budget = self.budget
         readers = [(s.name, s.read(ctx)) for s in self.sensors]
         readers += [(f"backend:{b.name}", b.probe(ctx)) for b in self.backends]
         results = await asyncio.gather(
@@ -85,6 +91,9 @@ class NodeAgent:
             for key, value in result.items():
                 if key == "extras" and isinstance(value, Mapping):
                     extras.update(value)
+                elif key == "paused":
+                    # any sensor may pause the node; a later "false" must not undo another's "true"
+                    payload["paused"] = bool(payload.get("paused")) or value is True
                 else:
                     payload[key] = value
         if extras:

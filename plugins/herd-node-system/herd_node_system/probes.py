@@ -2,50 +2,27 @@
 macOS memory pressure (``sysctl kern.memorystatus_vm_pressure_level``) and thermal throttling
 (``pmset -g therm``), Linux pressure stall information (``/proc/pressure/memory``).
 
-Commands run as asyncio subprocesses with a timeout and are killed when it passes; a command that
-is missing, fails or times out yields "no reading", never an exception. ``run`` is the seam the
+Commands go through the kernel's shared runner (asyncio subprocess, own process group, killed on
+timeout or cancellation); a command that is missing, fails or times out yields "no reading",
+never an exception. ``run`` is the seam the
 tests replace with recorded output.
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import shutil
-import signal
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from herd_kernel.node.commands import run_command
 
 Runner = Callable[[Sequence[str], float], Awaitable[tuple[int, str] | None]]
 
 
 async def run(argv: Sequence[str], timeout: float) -> tuple[int, str] | None:
     """(return code, stdout) of a command, or None when it is missing or too slow."""
-    if shutil.which(argv[0]) is None:
-        return None
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            start_new_session=True,  # its own process group, so a timeout kills its children too
-        )
-    except OSError:
-        return None
-    try:
-        out, _ = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        try:
-            if hasattr(os, "killpg"):
-                os.killpg(proc.pid, signal.SIGKILL)
-            else:  # Windows: no process groups here
-                proc.kill()
-        except ProcessLookupError:
-            pass
-        await proc.wait()
-        return None
-    return proc.returncode or 0, out.decode(errors="replace")
+    code, out = await run_command(argv, timeout)
+    return None if code is None else (code, out)
 
 
 NVIDIA_QUERY = [

@@ -1,0 +1,5 @@
+import sys
+
+from bench.routing.run import main
+
+sys.exit(main())
