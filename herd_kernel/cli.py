@@ -341,7 +341,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(_run_node(host, config))
     except KeyboardInterrupt:
         return 0
-    except (PluginError, RuntimeError) as exc:
+    except (PluginError, SettingError, RuntimeError) as exc:
         print(f"herd-node: {exc}", file=sys.stderr)
         return 1
 

@@ -9,6 +9,7 @@ import asyncio
 import os
 import platform as platform_module
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -92,14 +93,11 @@ class SystemSensor:
         self.runner = runner
         self.platform = platform
         self.machine = machine or platform_module.machine()
-        self._primed = False
+        self._last_times: Any = None
+        self._lock = threading.Lock()
 
     def read_sync(self) -> dict[str, Any]:
-        if not self._primed:
-            # the first non-blocking cpu_percent() call only sets the baseline
-            psutil.cpu_percent(interval=None)
-            self._primed = True
-        cpu_pct = psutil.cpu_percent(interval=None)
+        cpu_pct = self._cpu_percent()
         mem = psutil.virtual_memory()
         path = self.disk_path if self.disk_path.exists() else Path(os.sep)
         disk = psutil.disk_usage(str(path))
@@ -143,6 +141,20 @@ class SystemSensor:
                 "available_gb": round(disk.free / GB, 3),
             },
         }
+
+    def _cpu_percent(self) -> float:
+        """Busy share of all CPUs since the previous reading, from our own cpu_times() deltas.
+
+        psutil's cpu_percent(interval=None) keeps its baseline per calling thread, and to_thread
+        hands each read a different pool thread, so it would measure the wrong interval."""
+        with self._lock:
+            now = psutil.cpu_times()
+            last, self._last_times = self._last_times, now
+        if last is None:
+            return 0.0  # no interval yet: the first heartbeat says idle rather than guessing
+        total = sum(now) - sum(last)
+        idle = (now.idle - last.idle) + (getattr(now, "iowait", 0) - getattr(last, "iowait", 0))
+        return max(0.0, min(100.0, 100.0 * (total - idle) / total)) if total > 0 else 0.0
 
     async def read(self, ctx: NodeContext) -> Mapping[str, Any]:
         reading, gpus, mac_pressure, mac_thermal = await asyncio.gather(

@@ -124,3 +124,17 @@ async def test_the_real_runner_handles_missing_slow_and_real_commands(tmp_path, 
     assert await probes.run(["no-such-command-here"], 1) is None
     assert await probes.run(["fastcmd"], 5) == (0, "hello\n")
     assert await probes.run(["slowcmd"], 0.2) is None  # killed, not waited for
+
+
+async def test_cpu_is_measured_between_reads_whatever_thread_reads(tmp_path):
+    import asyncio
+
+    sensor = SystemSensor(tmp_path, 85, 95, runner=fake_runner({}), platform="linux")
+    first = await sensor.read(None)
+    assert first["cpu"]["utilization_pct"] == 0.0  # no interval yet
+    deadline = asyncio.get_running_loop().time() + 0.3
+    while asyncio.get_running_loop().time() < deadline:
+        sum(i * i for i in range(20000))  # keep a CPU busy between the two reads
+    readings = await asyncio.gather(*(asyncio.to_thread(sensor._cpu_percent) for _ in range(4)))
+    assert readings[0] > 0 or max(readings) > 0
+    assert all(0 <= r <= 100 for r in readings)
