@@ -178,7 +178,13 @@ async def herd_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[An
         host = make_host(plugins, extra)
         config = make_config(
             host,
-            {"FLEET_NODE_DATA_DIR": str(tmp_path / f"node-{node_id}"), **(env or {})},
+            {
+                "FLEET_NODE_DATA_DIR": str(tmp_path / f"node-{node_id}"),
+                # a LAN proxy in a test listens on loopback, on a free port
+                "FLEET_NODE_PROXY_HOST": "127.0.0.1",
+                "FLEET_NODE_PROXY_PORT": "0",
+                **(env or {}),
+            },
             FLEET_NODE_ROUTER_URL=router_url,
             FLEET_NODE_OLLAMA_HOST=ollama_url,
             FLEET_NODE_NODE_ID=node_id,

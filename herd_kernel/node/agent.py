@@ -150,7 +150,12 @@ class NodeAgent:
             )
         while not self._stopping.is_set():
             for discovery in self.discoveries:
-                url = await discovery.find_router(self.config, timeout=10.0)
+                try:
+                    url = await discovery.find_router(self.config, timeout=10.0)
+                except Exception as exc:  # noqa: BLE001 - a broken discovery must not kill the agent
+                    log.error("discovery failed", via=discovery.name, error=repr(exc))
+                    await asyncio.sleep(1.0)
+                    continue
                 if url and await self._trust(url, wait=False):
                     log.info("found router", url=url, via=discovery.name)
                     return url.rstrip("/")
@@ -225,10 +230,15 @@ class NodeAgent:
     async def _start_proxy(self) -> Any:
         if not self.proxy_wanted():
             return None
-        runner, port = await proxy.start(
-            self.config["FLEET_NODE_OLLAMA_HOST"], self.secret,
-            self.config["FLEET_NODE_PROXY_HOST"], self.config["FLEET_NODE_PROXY_PORT"],
-        )
+        try:
+            runner, port = await proxy.start(
+                self.config["FLEET_NODE_OLLAMA_HOST"], self.secret,
+                self.config["FLEET_NODE_PROXY_HOST"], self.config["FLEET_NODE_PROXY_PORT"],
+            )
+        except OSError as exc:
+            log.error("LAN proxy could not listen; the router gets the Ollama URL as configured",
+                      port=self.config["FLEET_NODE_PROXY_PORT"], error=str(exc))
+            return None
         bind = self.config["FLEET_NODE_PROXY_HOST"]
         shown = "127.0.0.1" if bind in ("0.0.0.0", "", "::") else bind
         # a loopback address here means "me": the router swaps in the address we post from

@@ -11,9 +11,9 @@ from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
-    Setting(env="FLEET_SCORE_QUEUE_DEPTH_PENALTY_PER", type=float, default=6.0,
+    Setting(env="FLEET_SCORE_QUEUE_DEPTH_PENALTY_PER", type=float, default=20.0,
             help="Penalty points per request queued or running for the model, per parallel slot."),
-    Setting(env="FLEET_SCORE_QUEUE_DEPTH_MAX_PENALTY", type=float, default=30.0,
+    Setting(env="FLEET_SCORE_QUEUE_DEPTH_MAX_PENALTY", type=float, default=80.0,
             help="Largest penalty queue depth can give (a positive number of points)."),
     Setting(env="FLEET_SCORE_QUEUE_OTHER_MODEL_FACTOR", type=float, default=0.5,
             help="How much a request running for another model on the same node counts, as a "

@@ -18,7 +18,7 @@ SETTINGS = (
     Setting(
         env="FLEET_SCORE_ROLE_AFFINITY_MAX",
         type=float,
-        default=15.0,
+        default=5.0,
         help="Most points role affinity gives: a large model on the candidate with the most "
         "memory, or a small model on the candidate with the least.",
     ),

@@ -13,10 +13,10 @@ from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
-    Setting(env="FLEET_SCORE_WAIT_TIME_MAX_PENALTY", type=float, default=25.0,
+    Setting(env="FLEET_SCORE_WAIT_TIME_MAX_PENALTY", type=float, default=45.0,
             help="Largest penalty the estimated wait can give (a positive number of points); "
                  "approached as the wait grows without bound."),
-    Setting(env="FLEET_SCORE_WAIT_TIME_HALF_S", type=float, default=30.0,
+    Setting(env="FLEET_SCORE_WAIT_TIME_HALF_S", type=float, default=5.0,
             help="Estimated wait, in seconds, that costs half of FLEET_SCORE_WAIT_TIME_MAX_PENALTY."),
 )
 
