@@ -122,3 +122,22 @@ async def test_any_sensor_can_pause_and_a_later_one_cannot_undo_it(herd_router, 
     await herd_agent(router.url, "http://127.0.0.1:9", "n1", plugins="none", extra=[PauseVotes()])
     assert router.services.fleet.nodes["n1"].heartbeat.paused is True
     assert not router.services.fleet.nodes["n1"].routable
+
+
+async def test_agent_rides_out_an_ollama_restart(herd_router, herd_agent):
+    from herd_sim import PROFILES, SimNode
+
+    node = SimNode(PROFILES["small"], time_scale=0)
+    await node.start()
+    try:
+        router = await herd_router(plugins="backend-ollama")
+        await herd_agent(router.url, node.url, "n1", plugins="backend-ollama", interval=0.1)
+        state = router.services.fleet.nodes["n1"]
+        await wait_for(lambda: state.heartbeat.ollama.healthy and state.available)
+        await node.stop()  # Ollama goes away: the node stays known but offers nothing
+        await wait_for(lambda: not state.heartbeat.ollama.healthy)
+        assert not state.available and state.status == "online"
+        await node.start()  # same port again: the next heartbeats bring its models back
+        await wait_for(lambda: state.heartbeat.ollama.healthy and state.available)
+    finally:
+        await node.stop()
