@@ -18,9 +18,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from herd_kernel import __version__
+from herd_kernel import __version__, auth
 from herd_kernel.config import Config
-from herd_kernel import auth
 from herd_kernel.fleet import Fleet, NodeConflict
 from herd_kernel.latency import WINDOW, LatencyHistory
 from herd_kernel.models import (

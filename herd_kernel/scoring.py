@@ -118,16 +118,7 @@ class Scorer:
         ctx = ScoringContext(
             request=request, model=key, now=now, config=self.config, latency=self.latency
         )
-        totals = [0.0] * len(candidates)
-        breakdowns: list[dict[str, float]] = [{} for _ in candidates]
-        for signal in self.signals:
-            values = self._run_signal(signal, ctx, candidates)
-            weight = signal.weight
-            low, high = signal.low, signal.high
-            for i, value in enumerate(values):
-                points = min(high, max(low, value)) * weight
-                totals[i] += points
-                breakdowns[i][signal.name] = round(points, 2)
+        totals, breakdowns = weighted_totals(self.signals, ctx, candidates, self._run_signal)
 
         # ties go to the node with fewer requests from us in flight, then to the lowest id
         # (max keeps the first of equal keys, so walk the candidates in id order)
@@ -155,6 +146,27 @@ class Scorer:
                 self._broken.add(signal.name)
                 log.error("signal failed; scoring it neutral", signal=signal.name, error=repr(exc))
             return [0.0] * len(candidates)
+
+
+def weighted_totals(
+    signals: Sequence[Any],
+    ctx: ScoringContext,
+    candidates: Sequence[Candidate],
+    run: Any = None,
+) -> tuple[list[float], list[dict[str, float]]]:
+    """Each candidate's total and per-signal points: every value clamped to its signal's
+    ``[low, high]`` and multiplied by its weight. Signal tests call this to rank as the kernel does."""
+    totals = [0.0] * len(candidates)
+    breakdowns: list[dict[str, float]] = [{} for _ in candidates]
+    for signal in signals:
+        values = run(signal, ctx, candidates) if run else signal.score(ctx, candidates)
+        weight = signal.weight
+        low, high = signal.low, signal.high
+        for i, value in enumerate(values):
+            points = min(high, max(low, value)) * weight
+            totals[i] += points
+            breakdowns[i][signal.name] = round(points, 2)
+    return totals, breakdowns
 
 
 def _elimination_reason(node: NodeState, exclude: Collection[str]) -> str | None:

@@ -13,6 +13,7 @@ from herd_kernel.models import (
     NodeState,
     OllamaReport,
 )
+from herd_kernel.scoring import weighted_totals
 from herd_kernel.testing import load_signal, make_config, make_host, scoring_context
 
 
@@ -137,12 +138,8 @@ def test_huge_context_does_not_change_the_estimate():
 
 
 def totals(signals, context, candidates):
-    """What the kernel does: clamp each value to the signal's range, weight it, sum."""
-    sums = [0.0] * len(candidates)
-    for s in signals:
-        for i, value in enumerate(s.score(context, candidates)):
-            sums[i] += min(s.high, max(s.low, value)) * s.weight
-    return sums
+    """Rank as the kernel does (clamp, weight, sum)."""
+    return weighted_totals(signals, context, candidates)[0]
 
 
 def test_ranking_with_thermal():
