@@ -67,7 +67,8 @@ async def main(n: int) -> None:
     port = free_port()
     router = f"http://127.0.0.1:{port}"
     data = tempfile.mkdtemp(prefix="herd-bench-")
-    env = {**os.environ, "FLEET_DATA_DIR": data}
+    # no discovery: a benchmark has no business announcing anything on the network
+    env = {**os.environ, "FLEET_DATA_DIR": data, "FLEET_MDNS": "false"}
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "herd_kernel.cli", "--host", "127.0.0.1", "--port", str(port),
         "--no-local-node", env=env, stderr=asyncio.subprocess.DEVNULL)

@@ -242,8 +242,10 @@ async def _start_agent(
 ) -> Callable[[], Any]:
     from herd_kernel.node.agent import NodeAgent
 
+    # an agent inside the router's process reaches its Ollama directly: no LAN proxy
     overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama,
-                                 "FLEET_NODE_SECRET": config["FLEET_SECRET"], **extra}
+                                 "FLEET_NODE_SECRET": config["FLEET_SECRET"],
+                                 "FLEET_NODE_LAN_PROXY": "off", **extra}
     if node_id:
         overrides["node_id"] = node_id
     agent = NodeAgent(config.with_overrides(**overrides), host)

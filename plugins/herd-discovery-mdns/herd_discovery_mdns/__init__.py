@@ -100,12 +100,15 @@ class MdnsDiscovery:
         self.handed_out: Counter[str] = Counter()
         self.last_candidates: list[Candidate] = []  # the latest search, best first (diagnostics)
 
-    def _zeroconf(self) -> AsyncZeroconf:
+    def _zeroconf(self, addresses: list[str] | None = None) -> AsyncZeroconf:
         # AsyncZeroconf attaches to the running loop: its sockets are served by this event loop,
         # never by blocking calls. IPv4 only: the router's addresses are resolved as IPv4 too.
-        return AsyncZeroconf(
-            interfaces=self.interfaces or InterfaceChoice.All, ip_version=IPVersion.V4Only
-        )
+        interfaces = self.interfaces or InterfaceChoice.All
+        if addresses and all(ipaddress.ip_address(a).is_loopback for a in addresses):
+            # a router reachable only on loopback has nothing to tell the network: announce on
+            # loopback alone, so not one packet leaves the machine
+            interfaces = ["127.0.0.1"]
+        return AsyncZeroconf(interfaces=interfaces, ip_version=IPVersion.V4Only)
 
     # --- router side -----------------------------------------------------------------------------
 
@@ -171,7 +174,7 @@ class MdnsDiscovery:
                 pause = min(1.0, pause * 2)
         wanted = info.name
         try:
-            state.zc = self._zeroconf()
+            state.zc = self._zeroconf(list(info.parsed_addresses()))
             # probes for the name first; allow_name_change turns a clash into "<name>-2"
             broadcast = await state.zc.async_register_service(info, allow_name_change=True)
             state.registered = True

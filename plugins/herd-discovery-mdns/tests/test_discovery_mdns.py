@@ -383,3 +383,16 @@ def test_an_impostor_announcing_the_same_service_is_passed_over(tmp_path):
     # both took the default instance name: the second to probe was renamed, not silenced
     first, second = sorted((c["service"].split("._herd")[0] for c in result["candidates"]), key=len)
     assert second == first + "-2"
+
+
+def test_a_loopback_router_announces_on_loopback_only(monkeypatch):
+    """A router bound to 127.0.0.1 (``herd --demo``, benchmarks) must not put one packet on the
+    network: its zeroconf is given the loopback interface alone."""
+    seen = []
+    monkeypatch.setattr(herd_discovery_mdns, "AsyncZeroconf",
+                        lambda **kwargs: seen.append(kwargs["interfaces"]))
+    discovery = MdnsDiscovery(make_config(make_host("discovery-mdns")))
+    discovery._zeroconf(["127.0.0.1"])
+    discovery._zeroconf(["10.231.0.1"])
+    discovery._zeroconf()
+    assert seen == [["127.0.0.1"], zeroconf.InterfaceChoice.All, zeroconf.InterfaceChoice.All]
