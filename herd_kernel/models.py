@@ -233,6 +233,7 @@ class Trace:
     error_message: str | None = None
     stream: bool = False
     original_model: str = ""  # the model the client asked for
+    details: dict[str, Any] = field(factory=dict)  # backend specifics, e.g. a thinking budget
 
 
 # --- the converter -----------------------------------------------------------------------------

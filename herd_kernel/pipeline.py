@@ -40,7 +40,9 @@ class Outbound:
 
     body: bytes
     headers: Mapping[str, str] = attrs.field(factory=dict)
-    on_complete: Callable[[bytes], Mapping[str, str]] | None = None
+    on_complete: Callable[[bytes], Mapping[str, str]] | None = None  # whole answer -> headers
+    observe: Callable[[bytes], None] | None = None  # each relayed frame of a stream
+    summary: Callable[[], Mapping[str, Any]] | None = None  # -> Trace.details
 
 
 class UpstreamFailed(Exception):
@@ -160,6 +162,8 @@ class Pipeline:
             response = web.Response(status=upstream.status, body=payload, headers=headers)
             fields = _final_counts(payload, route.api, whole=True)
             status = "completed" if upstream.status < 400 else "failed"
+            if outbound.summary is not None and status == "completed":
+                fields["details"] = dict(outbound.summary())
             error = _error_text(payload[:300].decode("utf-8", "replace")) if status == "failed" else None
             return response, {
                 "status": status,
@@ -191,6 +195,8 @@ class Pipeline:
                     frame = pending[: cut + len(delimiter)]
                     pending = pending[cut + len(delimiter) :]
                     await response.write(frame)
+                    if outbound.observe is not None:
+                        outbound.observe(frame)
                     tail += frame
                     if len(tail) > _TAIL:
                         del tail[: len(tail) - _TAIL]
@@ -213,6 +219,8 @@ class Pipeline:
             status = "client_disconnected"
             error = "client disconnected"
         counts = _final_counts(bytes(tail), route.api, whole=False)
+        if outbound.summary is not None:
+            counts["details"] = dict(outbound.summary())
         return response, {
             "status": status,
             "http_status": upstream.status,
@@ -284,6 +292,7 @@ class Pipeline:
         error_message: str | None = None,
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
+        details: Mapping[str, Any] | None = None,
     ) -> None:
         final = list(attempts)
         if decision is not None:
@@ -309,6 +318,7 @@ class Pipeline:
             error_message=error_message,
             stream=route.stream,
             original_model=route.original_model or route.model,
+            details=dict(details or {}),
         )
         self.services.record(trace)
 

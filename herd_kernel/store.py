@@ -45,6 +45,7 @@ CREATE TABLE IF NOT EXISTS request_traces (
     attempts TEXT,
     tags TEXT,
     error_message TEXT,
+    details TEXT,
     time_to_first_token_ms REAL GENERATED ALWAYS AS (ttft_ms) VIRTUAL,
     retry_count INTEGER GENERATED ALWAYS AS (retries) VIRTUAL,
     fallback_used INTEGER GENERATED ALWAYS AS (fallback_model IS NOT NULL) VIRTUAL,
@@ -59,8 +60,8 @@ CREATE INDEX IF NOT EXISTS request_traces_status ON request_traces (status, time
 _INSERT = """
 INSERT INTO request_traces (request_id, timestamp, model, original_model, node_id, status,
     http_status, api, path, stream, latency_ms, ttft_ms, prompt_tokens, completion_tokens, retries,
-    fallback_model, score, score_breakdown, attempts, tags, error_message)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    fallback_model, score, score_breakdown, attempts, tags, error_message, details)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 BATCH = 500
@@ -92,6 +93,7 @@ def trace_row(trace: Trace) -> tuple[Any, ...]:
                     for a in trace.attempts]),
         json.dumps(list(trace.tags)),
         trace.error_message,
+        json.dumps(trace.details) if trace.details else None,
     )
 
 
@@ -115,9 +117,19 @@ class TraceStore:
         await self.db.execute("PRAGMA synchronous=NORMAL")
         await self.db.execute("PRAGMA busy_timeout=5000")
         await self.db.executescript(SCHEMA)
+        await self._migrate()
         await self.db.commit()
         await self.prune()
         self._writer = asyncio.create_task(self._write_loop(), name="herd-trace-writer")
+
+    async def _migrate(self) -> None:
+        """Columns added after a database was created (CREATE TABLE IF NOT EXISTS keeps old ones)."""
+        assert self.db is not None
+        async with self.db.execute("PRAGMA table_info(request_traces)") as cursor:
+            have = {row[1] for row in await cursor.fetchall()}
+        for column, kind in (("details", "TEXT"),):
+            if column not in have:
+                await self.db.execute(f"ALTER TABLE request_traces ADD COLUMN {column} {kind}")
 
     async def close(self) -> None:
         """Write what is queued, then close (an unclosed aiosqlite thread hangs interpreter exit)."""

@@ -264,6 +264,30 @@ async def test_thinking_model_budget_and_headers(herd, fleet):
             assert r.headers["X-Budget-Used"].endswith("%")
             assert r.headers["X-Done-Reason"] == payload["done_reason"]
     assert payload["message"]["thinking"]
+    details = herd.services.recent_traces[-1].details
+    assert details["budget"] == 1024 and details["thinking_tokens"] > 0
+
+
+async def test_thinking_split_of_a_stream_is_in_the_trace(herd, fleet):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{fleet.nodes['alpha'].url}/api/pull",
+                             json={"model": "deepseek-r1:7b", "stream": False}) as r:
+            assert r.status == 200
+        await wait_for(lambda: "deepseek-r1:7b" in herd.services.fleet.nodes["alpha"].available)
+        body = {"model": "deepseek-r1:7b", "options": {"num_predict": 50},
+                "messages": [{"role": "user", "content": "2+2?"}]}
+        async with http.post(f"{herd.url}/api/chat", json=body) as r:
+            lines = [json.loads(line) for line in (await r.read()).splitlines()]
+    thinking = sum(len(x["message"].get("thinking") or "") for x in lines)
+    trace = herd.services.recent_traces[-1]
+    assert trace.stream and trace.details["thinking_tokens"] == min(lines[-1]["eval_count"], thinking // 4)
+    assert trace.details["output_tokens"] == lines[-1]["eval_count"] - trace.details["thinking_tokens"]
+    assert trace.details["done_reason"] == lines[-1]["done_reason"]
+    await herd.services.store.flush()
+    import sqlite3
+    [(stored,)] = sqlite3.connect(herd.services.store.path).execute(
+        "SELECT details FROM request_traces WHERE model='deepseek-r1:7b'").fetchall()
+    assert json.loads(stored)["budget"] == 1024
 
 
 async def test_tags_reach_the_trace_store(herd, fleet):

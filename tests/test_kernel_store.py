@@ -122,3 +122,23 @@ async def test_failed_requests_are_found_by_the_failed_query(herd_router, herd_a
     rows = db.execute("SELECT request_id, model, status, error_message FROM request_traces "
                       "WHERE status='failed' ORDER BY timestamp DESC LIMIT 20").fetchall()
     assert len(rows) == 1 and rows[0][2] == "failed" and "HTTP 500" in rows[0][3]
+
+
+async def test_an_older_database_gains_new_columns(tmp_path):
+    path = tmp_path / "latency.db"
+    old = sqlite3.connect(path)
+    old.execute("CREATE TABLE request_traces (id INTEGER PRIMARY KEY AUTOINCREMENT, request_id TEXT "
+                "NOT NULL, timestamp REAL NOT NULL, model TEXT NOT NULL, original_model TEXT NOT NULL,"
+                " node_id TEXT, status TEXT NOT NULL, http_status INTEGER, api TEXT, path TEXT, "
+                "stream INTEGER, latency_ms REAL, ttft_ms REAL, prompt_tokens INTEGER, "
+                "completion_tokens INTEGER, retries INTEGER NOT NULL DEFAULT 0, fallback_model TEXT,"
+                " score REAL, score_breakdown TEXT, attempts TEXT, tags TEXT, error_message TEXT)")
+    old.commit()
+    old.close()
+    store = TraceStore(path)
+    await store.open()
+    store.submit(trace(1, details={"budget": 1024}))
+    await store.flush()
+    await store.close()
+    assert sqlite3.connect(path).execute("SELECT details FROM request_traces").fetchone() == (
+        '{"budget": 1024}',)

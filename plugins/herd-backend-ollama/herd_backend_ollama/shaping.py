@@ -81,7 +81,7 @@ class Shaper:
             edit()["model"] = model
         if route.api == "ollama" and route.num_ctx is not None and self.mode != "passthrough":
             model = self._protect_context(route, decision, edit, headers) or model
-        on_complete = None
+        meter = None
         if route.num_predict is not None and route.num_predict > 0 and is_thinking(decision):
             budget = max(self.min_predict, int(route.num_predict * self.overhead))
             if route.api == "ollama":
@@ -90,10 +90,12 @@ class Shaper:
                 key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
                 edit()[key] = budget
             headers["X-Thinking-Budget"] = str(budget)
-            on_complete = _thinking_report(route.api, budget)
-        if changed is None:
-            return Outbound(body=raw, headers=headers, on_complete=on_complete)
-        return Outbound(body=json.dumps(changed).encode(), headers=headers, on_complete=on_complete)
+            meter = ThinkingMeter(route.api, budget)
+        hooks: dict[str, Any] = {}
+        if meter is not None:
+            hooks = {"on_complete": meter.whole, "observe": meter.frame, "summary": meter.summary}
+        body_out = raw if changed is None else json.dumps(changed).encode()
+        return Outbound(body=body_out, headers=headers, **hooks)
 
     def _protect_context(
         self,
@@ -152,31 +154,64 @@ def _larger_sibling(current: LoadedModel, loaded: Any, wanted: int) -> LoadedMod
     return min(fits, key=lambda m: (m.size_bytes, m.name), default=None)
 
 
-def _thinking_report(api: str, budget: int) -> Callable[[bytes], Mapping[str, str]]:
-    def report(payload: bytes) -> Mapping[str, str]:
+class ThinkingMeter:
+    """How a thinking model spent its budget: thinking vs output tokens, share of the budget used,
+    why it stopped. Fed a whole answer (headers for the client) or streamed frames (the trace)."""
+
+    def __init__(self, api: str, budget: int) -> None:
+        self.api = api
+        self.budget = budget
+        self.thinking_chars = 0
+        self.total = 0
+        self.reason = ""
+
+    def _take(self, obj: Any, *, stream: bool) -> None:
+        if not isinstance(obj, dict):
+            return
+        if self.api == "openai":
+            for choice in obj.get("choices") or []:
+                part = choice.get("delta" if stream else "message") or {}
+                self.thinking_chars += len(part.get("reasoning") or part.get("reasoning_content") or "")
+                self.reason = choice.get("finish_reason") or self.reason
+            usage = obj.get("usage")
+            if isinstance(usage, dict):
+                self.total = usage.get("completion_tokens") or self.total
+        else:
+            message = obj.get("message") or {}
+            self.thinking_chars += len(message.get("thinking") or obj.get("thinking") or "")
+            self.total = obj.get("eval_count") or self.total
+            self.reason = obj.get("done_reason") or self.reason
+
+    def frame(self, frame: bytes) -> None:
+        """One relayed NDJSON line or SSE event (only thinking-model streams pay for parsing)."""
+        for line in frame.split(b"\n"):
+            line = line.removeprefix(b"data: ").strip()
+            if line and line != b"[DONE]":
+                try:
+                    self._take(json.loads(line), stream=True)
+                except ValueError:
+                    pass
+
+    def whole(self, payload: bytes) -> Mapping[str, str]:
         try:
-            body = json.loads(payload)
+            self._take(json.loads(payload), stream=False)
         except ValueError:
             return {}
-        if not isinstance(body, dict):
-            return {}
-        if api == "openai":
-            choice = (body.get("choices") or [{}])[0]
-            message = choice.get("message") or {}
-            thinking = message.get("reasoning") or message.get("reasoning_content") or ""
-            total = (body.get("usage") or {}).get("completion_tokens") or 0
-            reason = choice.get("finish_reason") or ""
-        else:
-            message = body.get("message") or {}
-            thinking = message.get("thinking") or body.get("thinking") or ""
-            total = body.get("eval_count") or 0
-            reason = body.get("done_reason") or ""
-        thinking_tokens = min(total, len(thinking) // 4) if thinking else 0
+        summary = self.summary()
         return {
-            "X-Thinking-Tokens": str(thinking_tokens),
-            "X-Output-Tokens": str(max(0, total - thinking_tokens)),
-            "X-Budget-Used": f"{(100.0 * total / budget):.1f}%",
-            "X-Done-Reason": str(reason),
+            "X-Thinking-Tokens": str(summary["thinking_tokens"]),
+            "X-Output-Tokens": str(summary["output_tokens"]),
+            "X-Budget-Used": f"{summary['budget_used_pct']:.1f}%",
+            "X-Done-Reason": str(summary["done_reason"]),
         }
 
-    return report
+    def summary(self) -> dict[str, Any]:
+        # characters / 4: Ollama counts thinking and answer tokens together in eval_count
+        thinking = min(self.total, self.thinking_chars // 4) if self.thinking_chars else 0
+        return {
+            "thinking_tokens": thinking,
+            "output_tokens": max(0, self.total - thinking),
+            "budget": self.budget,
+            "budget_used_pct": round(100.0 * self.total / self.budget, 1),
+            "done_reason": self.reason,
+        }
