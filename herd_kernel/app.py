@@ -81,11 +81,7 @@ class Services:
     def upstream_headers(self, path: str, body: bytes, method: str = "POST") -> dict[str, str]:
         """Headers for a request to a node: signed with the fleet secret when there is one, so a
         node's LAN proxy can tell the router from anyone else."""
-        headers = {"Content-Type": "application/json"}
-        secret = self.config["FLEET_SECRET"]
-        if secret:
-            headers[auth.HEADER] = auth.sign(secret, method, path, body)
-        return headers
+        return auth.json_headers(self.config["FLEET_SECRET"], method, path, body)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Remember a routing event; bounded, in memory, never awaited."""

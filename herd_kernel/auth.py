@@ -32,6 +32,14 @@ def sign(secret: str, method: str, path: str, body: bytes, now: float | None = N
     return f"t={stamp},n={nonce},s={_mac(secret, message)}"
 
 
+def json_headers(secret: str, method: str, path: str, body: bytes) -> dict[str, str]:
+    """Headers for a JSON request between router and node: signed when a secret is set."""
+    headers = {"Content-Type": "application/json"}
+    if secret:
+        headers[HEADER] = sign(secret, method, path, body)
+    return headers
+
+
 class NonceCache:
     """Nonces seen within the skew window; bounded, oldest dropped first."""
 

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import aiohttp
+import attrs
 import structlog
 from aiohttp import web
 
@@ -268,7 +269,7 @@ async def _start_demo(host: PluginHost, config: Config, router_url: str, count: 
     for i in range(max(1, count)):
         base = PROFILES[names[i % len(names)]]
         suffix = "" if i < len(names) else f"-{i // len(names) + 1}"
-        profiles.append(_renamed(base, f"sim-{base.name}{suffix}"))
+        profiles.append(attrs.evolve(base, name=f"sim-{base.name}{suffix}"))
     fleet = SimFleet(profiles, host="127.0.0.1")
     await fleet.start()
     closers = []
@@ -284,12 +285,6 @@ async def _start_demo(host: PluginHost, config: Config, router_url: str, count: 
         await fleet.stop()
 
     return close
-
-
-def _renamed(profile: Any, name: str) -> Any:
-    import attrs
-
-    return attrs.evolve(profile, name=name)
 
 
 def _on_signals(callback: Callable[[], None]) -> None:

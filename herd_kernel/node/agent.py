@@ -105,10 +105,7 @@ class NodeAgent:
 
     def _signed(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(payload).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.secret:
-            headers[auth.HEADER] = auth.sign(self.secret, "POST", "/heartbeat", body)
-        return body, headers
+        return body, auth.json_headers(self.secret, "POST", "/heartbeat", body)
 
     async def send(self, payload: Mapping[str, Any]) -> dict[str, Any] | None:
         assert self.http is not None
