@@ -32,9 +32,10 @@ class Candidate:
     loaded: LoadedModel | None
     available: AvailableModel | None
     in_flight: int  # requests this router has running on node:model now
-    pending: int = 0  # requests waiting for node:model (queues arrive with the queue issue)
+    pending: int = 0  # requests waiting in the router's queue for node:model
     node_in_flight: int  # requests this router has running on the node, any model
     unloaded_ago: float | None  # seconds since the model left memory here, None if never seen
+    limit: int = 0  # the router's concurrency limit for node:model (0: not known yet)
 
     @property
     def node_id(self) -> str:
@@ -42,8 +43,10 @@ class Candidate:
 
     @property
     def slots(self) -> int:
-        """Requests Ollama runs at once for one model on this node (OLLAMA_NUM_PARALLEL); 1 when
-        the node does not report it, which is Ollama's own behaviour on most machines."""
+        """Requests run at once for one model on this node: the router's queue limit once it has
+        one, else the node's OLLAMA_NUM_PARALLEL, else 1 (Ollama's own behaviour on most machines)."""
+        if self.limit > 0:
+            return self.limit
         ollama = self.node.heartbeat.ollama
         parallel = ollama.num_parallel if ollama is not None else 0
         return parallel if parallel > 0 else 1

@@ -24,6 +24,7 @@ from herd_kernel.fleet import Fleet, NodeConflict
 from herd_kernel.latency import WINDOW, LatencyHistory
 from herd_kernel.models import (
     Heartbeat,
+    NodeState,
     PayloadError,
     Trace,
     normalize_model,
@@ -32,6 +33,7 @@ from herd_kernel.models import (
 )
 from herd_kernel.pipeline import Pipeline
 from herd_kernel.plugins import PluginHost
+from herd_kernel.queues import QueueManager
 from herd_kernel.scoring import Scorer
 from herd_kernel.store import TraceStore
 from herd_kernel.wire import BadRequest, api_for_path, error_response, read_json_object
@@ -61,6 +63,7 @@ class Services:
             retention_days=config["FLEET_TRACE_RETENTION_DAYS"],
         )
         self.scorer = Scorer(self.fleet, self.signals, config, self.latency)
+        self.queues = QueueManager(self.fleet, self.scorer, config, warm=self.warm, event=self.event)
         self.pipeline = Pipeline(self)
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
         # routing events (context protection, fallbacks...) for health checks and the dashboard
@@ -82,6 +85,21 @@ class Services:
         """Headers for a request to a node: signed with the fleet secret when there is one, so a
         node's LAN proxy can tell the router from anyone else."""
         return auth.json_headers(self.config["FLEET_SECRET"], method, path, body)
+
+    async def warm(self, node: NodeState, model: str) -> str | None:
+        """Load ``model`` on ``node`` (Ollama loads a model on an empty generate request); the
+        error, or None once it is in memory."""
+        path = "/api/generate"
+        body = json.dumps({"model": model, "prompt": "", "stream": False}).encode()
+        try:
+            async with self.http.post(
+                node.ollama_url + path, data=body, headers=self.upstream_headers(path, body),
+                timeout=aiohttp.ClientTimeout(total=self.config["FLEET_READ_TIMEOUT"]),
+            ) as response:
+                text = await response.text()
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None if response.status == 200 else f"HTTP {response.status}: {text[:200]}"
 
     def event(self, kind: str, **fields: Any) -> None:
         """Remember a routing event; bounded, in memory, never awaited."""
@@ -240,15 +258,7 @@ def fleet_status(services: Services) -> dict[str, Any]:
                 "extras": hb.extras,
             }
         )
-    queues = {
-        f"{node_id}:{model}": {
-            "pending": c.pending,
-            "in_flight": c.in_flight,
-            "completed": c.completed,
-            "failed": c.failed,
-        }
-        for (node_id, model), c in sorted(fleet.queues.items())
-    }
+    queue = services.queues.snapshot(services.latency)
     return {
         "fleet": {
             "nodes_total": len(fleet.nodes),
@@ -259,7 +269,8 @@ def fleet_status(services: Services) -> dict[str, Any]:
             "requests_active": fleet.requests_active,
         },
         "nodes": nodes,
-        "queues": queues,
+        "queues": queue["queues"],
+        "holding": queue["holding"],
         "router_version": __version__,
         "timestamp": time.time(),
     }
@@ -272,6 +283,14 @@ def _active(fleet: Fleet, node_id: str, key: str) -> int:
 
 async def status_handler(request: web.Request) -> web.Response:
     return web.json_response(fleet_status(request.app[SERVICES]), dumps=_dumps)
+
+
+async def queue_handler(request: web.Request) -> web.Response:
+    """Queue depths and estimated waits, cheap enough for clients to poll before backing off."""
+    services = request.app[SERVICES]
+    body = services.queues.snapshot(services.latency)
+    body["timestamp"] = time.time()
+    return web.json_response(body)
 
 
 async def traces_handler(request: web.Request) -> web.Response:
@@ -315,6 +334,7 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
     app[SERVICES] = services
     app.router.add_post("/heartbeat", heartbeat)
     app.router.add_get("/fleet/status", status_handler)
+    app.router.add_get("/fleet/queue", queue_handler)
     app.router.add_get("/fleet/traces", traces_handler)
     app.router.add_get("/fleet/hello", hello_handler)
     claimed: dict[tuple[str, str], str] = {}
@@ -360,6 +380,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await services.store.open()
     services.latency.restore(await services.store.recent_latencies(WINDOW))
     sweeper = asyncio.create_task(services.fleet.run_sweeper(), name="herd-fleet-sweeper")
+    queue_pass = asyncio.create_task(services.queues.run(), name="herd-queues")
     await services.host.lifecycle("herd_startup", services)
     withdrawals = await _announce(services)
     try:
@@ -372,6 +393,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
                 log.warning("discovery withdrawal failed", error=repr(exc))
         await services.host.lifecycle("herd_shutdown", services, reverse=True)
         sweeper.cancel()
-        await asyncio.gather(sweeper, return_exceptions=True)
+        queue_pass.cancel()
+        await asyncio.gather(sweeper, queue_pass, return_exceptions=True)
+        await services.queues.close()
         await services.http.close()
         await services.store.close()

@@ -184,7 +184,7 @@ async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespa
     from herd_kernel.app import create_app
 
     app = create_app(config, host)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
     await runner.setup()
     bind, port = config["FLEET_HOST"], config["FLEET_PORT"]
     site = web.TCPSite(runner, bind, port, reuse_address=True)
@@ -275,7 +275,9 @@ async def _start_demo(host: PluginHost, config: Config, router_url: str, count: 
     closers = []
     for name, node in fleet.nodes.items():
         # the simulated machine's memory, not this one's, if herd-sim's sensor is installed
-        extra = {"sim_hardware": True} if "FLEET_NODE_SIM_HARDWARE" in config else {}
+        extra: dict[str, Any] = {"sim_hardware": True} if "FLEET_NODE_SIM_HARDWARE" in config else {}
+        if "FLEET_NODE_OLLAMA_NUM_PARALLEL" in config:  # as an OLLAMA_NUM_PARALLEL would say
+            extra["FLEET_NODE_OLLAMA_NUM_PARALLEL"] = node.profile.num_parallel
         closers.append(await _start_agent(host, config, router_url, node.url, name, **extra))
         print(f"  simulated node {name} at {node.url}", file=sys.stderr)
 

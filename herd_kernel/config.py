@@ -213,6 +213,56 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         default=600.0,
         help="Seconds a node may stay silent mid-response before the request fails.",
     ),
+    Setting(
+        env="FLEET_HOLD_TIMEOUT",
+        type=float,
+        default=30.0,
+        help="Seconds a request may wait for a free slot (in a node:model queue, or in the "
+        "holding queue while no node can serve it) before it gets 503 with Retry-After. 0: never "
+        "wait.",
+    ),
+    Setting(
+        env="FLEET_DEFAULT_CONCURRENCY",
+        type=int,
+        default=1,
+        help="Requests run at once per node:model when a node does not report its "
+        "OLLAMA_NUM_PARALLEL (the rest wait in the router's queue, where they can still move).",
+    ),
+    Setting(
+        env="FLEET_MAX_CONCURRENCY",
+        type=int,
+        default=16,
+        help="Upper bound on any node:model's concurrency, whatever the node reports.",
+    ),
+    Setting(
+        env="FLEET_ADAPTIVE_CONCURRENCY",
+        type=bool,
+        default=True,
+        help="Lower a node:model's concurrency when running requests side by side stops raising "
+        "its throughput (measured per token), and raise it back when it helps again.",
+    ),
+    Setting(
+        env="FLEET_REBALANCE_INTERVAL",
+        type=float,
+        default=5.0,
+        help="Seconds between passes of the rebalancer, the reaper and the holding queue's re-score "
+        "(all three also act at once on heartbeats and completions).",
+    ),
+    Setting(
+        env="FLEET_PREWARM_DEPTH",
+        type=int,
+        default=2,
+        help="Requests waiting on one node:model that make the router load the model on the "
+        "runner-up node, so the next requests find it hot. 0 turns pre-warming off.",
+    ),
+    Setting(
+        env="FLEET_STALE_TIMEOUT",
+        type=float,
+        default=600.0,
+        help="Seconds a running request may go without relaying a byte before the reaper ends it, "
+        "frees its slot and counts it (non-streamed answers arrive whole, so keep this at least "
+        "as long as the slowest whole answer).",
+    ),
 )
 
 NODE_SETTINGS: tuple[Setting, ...] = (

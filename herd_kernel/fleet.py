@@ -5,14 +5,21 @@ and the router's own in-flight accounting per ``node:model``.
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import attrs
-
-from herd_kernel.models import AvailableModel, Heartbeat, NodeState, NodeStatus, normalize_model
+from herd_kernel.models import (
+    AvailableModel,
+    Heartbeat,
+    LoadedModel,
+    NodeState,
+    NodeStatus,
+    normalize_model,
+)
 
 StatusListener = Callable[[str, "str | None", str], None]
 
@@ -42,14 +49,34 @@ def reachable_url(reported: str, peer_ip: str | None) -> str:
     return urlunsplit(parts).rstrip("/")
 
 
-@attrs.define(kw_only=True, slots=True)
-class QueueCounters:
-    """Per node:model counts. Issue-level queues build on these; the numbers are always true."""
+class Lane:
+    """One ``node:model`` queue: its concurrency limit, the requests running there and those
+    waiting for a slot (oldest first), and true totals. ``queues.QueueManager`` moves requests
+    through lanes; the scorer reads ``in_flight`` and ``pending``."""
 
-    pending: int = 0
-    in_flight: int = 0
-    completed: int = 0
-    failed: int = 0
+    __slots__ = ("node_id", "model", "limit", "in_flight", "waiting", "completed", "failed",
+                 "reaped", "moved", "abandoned", "tuner")
+
+    def __init__(self, node_id: str, model: str) -> None:
+        self.node_id = node_id
+        self.model = model
+        self.limit = 1
+        self.in_flight = 0
+        self.waiting: collections.deque[Any] = collections.deque()
+        self.completed = 0
+        self.failed = 0
+        self.reaped = 0  # in flight with no progress past the stale timeout, cleared by the reaper
+        self.moved = 0  # waiting requests the rebalancer sent to another node
+        self.abandoned = 0  # clients that left while waiting here
+        self.tuner: Any = None
+
+    @property
+    def pending(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def free(self) -> int:
+        return self.limit - self.in_flight
 
 
 class NodeConflict(Exception):
@@ -70,9 +97,10 @@ class Fleet:
         self.offline_after = offline_after
         self.clock = clock
         self.nodes: dict[str, NodeState] = {}
-        self.queues: dict[tuple[str, str], QueueCounters] = {}
+        self.queues: dict[tuple[str, str], Lane] = {}
         self.node_in_flight: dict[str, int] = {}
         self.listeners: list[StatusListener] = []
+        self.watchers: list[Callable[[], None]] = []  # called after every change below
         self.version = 0  # bumped on every change that could alter a routing decision
 
     # --- heartbeats ----------------------------------------------------------------------------
@@ -114,9 +142,9 @@ class Fleet:
         state.last_seen_wall = time.time()
         state.heartbeats += 1
         state.status = "offline" if hb.draining else "online"
-        self.version += 1
         if old_status != state.status:
             self._emit(hb.node_id, old_status, state.status)
+        self._changed()
         return state
 
     def sweep(self) -> None:
@@ -134,14 +162,19 @@ class Fleet:
             if new != state.status:
                 old = state.status
                 state.status = new
-                self.version += 1
                 self._emit(state.node_id, old, new)
+                self._changed()
 
     async def run_sweeper(self, period: float | None = None) -> None:
         period = period or max(0.05, min(1.0, self.degraded_after / 5))
         while True:
             await asyncio.sleep(period)
             self.sweep()
+
+    def _changed(self) -> None:
+        self.version += 1
+        for watcher in self.watchers:
+            watcher()
 
     def _emit(self, node_id: str, old: str | None, new: str) -> None:
         for listener in self.listeners:
@@ -153,7 +186,22 @@ class Fleet:
         state = self.nodes.get(node_id)
         if state is not None:
             state.available.setdefault(normalize_model(model.name), model)
-            self.version += 1
+            self._changed()
+
+    def add_loaded(self, node_id: str, model_key: str) -> None:
+        """Note a model the router itself just loaded on a node (pre-warm), before the node's
+        next heartbeat confirms it (or forgets it again)."""
+        state = self.nodes.get(node_id)
+        if state is None or model_key in state.loaded:
+            return
+        available = state.available.get(model_key)
+        state.loaded[model_key] = LoadedModel(
+            name=available.name if available else model_key,
+            size_bytes=available.size_bytes if available else 0,
+            details=available.details if available else {},
+        )
+        state.unloaded_at.pop(model_key, None)
+        self._changed()
 
     # --- reads ---------------------------------------------------------------------------------
 
@@ -166,25 +214,25 @@ class Fleet:
 
     # --- in-flight accounting ------------------------------------------------------------------
 
-    def counters(self, node_id: str, model_key: str) -> QueueCounters:
+    def lane(self, node_id: str, model_key: str) -> Lane:
         key = (node_id, model_key)
-        counters = self.queues.get(key)
-        if counters is None:
-            counters = self.queues[key] = QueueCounters()
-        return counters
+        lane = self.queues.get(key)
+        if lane is None:
+            lane = self.queues[key] = Lane(node_id, model_key)
+        return lane
 
-    def started(self, node_id: str, model_key: str) -> None:
-        self.counters(node_id, model_key).in_flight += 1
-        self.node_in_flight[node_id] = self.node_in_flight.get(node_id, 0) + 1
+    def started(self, lane: Lane) -> None:
+        lane.in_flight += 1
+        self.node_in_flight[lane.node_id] = self.node_in_flight.get(lane.node_id, 0) + 1
 
-    def finished(self, node_id: str, model_key: str, ok: bool) -> None:
-        counters = self.counters(node_id, model_key)
-        counters.in_flight -= 1
+    def finished(self, lane: Lane, ok: bool | None) -> None:
+        """``ok`` None: the slot was given back unused (its client left before dispatch)."""
+        lane.in_flight -= 1
         if ok:
-            counters.completed += 1
-        else:
-            counters.failed += 1
-        self.node_in_flight[node_id] = self.node_in_flight.get(node_id, 1) - 1
+            lane.completed += 1
+        elif ok is not None:
+            lane.failed += 1
+        self.node_in_flight[lane.node_id] = self.node_in_flight.get(lane.node_id, 1) - 1
 
     @property
     def requests_active(self) -> int:

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from herd_kernel.models import Attempt, RouteRequest, Trace
+from herd_kernel.queues import Refused, Slot
 from herd_kernel.scoring import Decision, NoRoute
 from herd_kernel.wire import Api, error_response, stream_error
 
@@ -75,27 +76,43 @@ class Pipeline:
         nothing needs rewriting). ``not_found(model)`` is the API's 404 message.
         """
         services = self.services
-        fleet = services.fleet
         started = time.monotonic()
         attempts: list[Attempt] = []
         exclude: set[str] = set()
         max_retries = services.config["FLEET_MAX_RETRIES"]
+        alive = _client_alive(request)
         while True:
-            decision = services.scorer.choose(route, exclude)
-            if isinstance(decision, NoRoute):
-                return self._no_route(route, decision, attempts, started, not_found)
+            got = await services.queues.acquire(route, exclude, alive)
+            if isinstance(got, NoRoute):
+                return self._no_route(route, got, attempts, started, not_found)
+            if isinstance(got, Refused):
+                return self._refused(route, got, attempts, started)
+            decision, slot = got
+            slot.task = asyncio.current_task()
             node = decision.node
-            fleet.started(node.node_id, decision.model_key)
             upstream: aiohttp.ClientResponse | None = None
             outcome = "failed"
+            tokens: int | None = None
             try:
                 outbound = prepare(decision)
                 upstream = await self._open(node.ollama_url, upstream_path, outbound.body)
+                slot.touch()
                 response, fields = await self._relay(
-                    request, route, decision, upstream, attempts, started, outbound
+                    request, route, decision, upstream, attempts, started, outbound, slot
                 )
                 outcome = fields["status"]
-            except UpstreamFailed as exc:
+                tokens = fields.get("completion_tokens")
+            except (UpstreamFailed, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError):
+                    if not slot.reaped:
+                        self._finish(route, started, decision, attempts, slot,
+                                     status="client_disconnected", http_status=499,
+                                     error_message="request cancelled")
+                        raise
+                    # the reaper ended an attempt that made no progress: nothing was sent yet
+                    asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    exc = UpstreamFailed(f"no progress for {services.queues.stale_timeout:g} s "
+                                         "(reaped)")
                 # nothing has reached the client yet: try the next-best node
                 attempts.append(Attempt(node_id=node.node_id, outcome=exc.reason, status=exc.status))
                 exclude.add(node.node_id)
@@ -103,16 +120,11 @@ class Pipeline:
                     return self._all_failed(route, attempts, started)
                 log.info("retrying on another node", node=node.node_id, reason=exc.reason)
                 continue
-            except asyncio.CancelledError:
-                outcome = "client_disconnected"
-                self._finish(route, started, decision, attempts, status=outcome, http_status=499,
-                             error_message="request cancelled")
-                raise
             finally:
                 if upstream is not None:
                     upstream.release()
-                fleet.finished(node.node_id, decision.model_key, ok=outcome == "completed")
-            self._finish(route, started, decision, attempts, **fields)
+                slot.release(outcome == "completed", tokens)
+            self._finish(route, started, decision, attempts, slot, **fields)
             return response
 
     # --- upstream ------------------------------------------------------------------------------
@@ -143,10 +155,11 @@ class Pipeline:
         attempts: list[Attempt],
         started: float,
         outbound: Outbound,
+        slot: Slot,
     ) -> tuple[web.StreamResponse, dict[str, Any]]:
         """Relay the answer. ``ttft_ms`` runs from the request's arrival to the first streamed
         byte; a non-streaming answer has none (it arrives whole)."""
-        headers = self._fleet_headers(route, decision, attempts)
+        headers = self._fleet_headers(route, decision, attempts, slot)
         headers.update(outbound.headers)
         for name in _FORWARD_HEADERS:
             if name in upstream.headers:
@@ -207,6 +220,7 @@ class Pipeline:
                     break
                 if not chunk:
                     break
+                slot.touch()
                 pending += chunk
             if pending and error is None:
                 await response.write(pending)  # a last frame without its delimiter
@@ -218,6 +232,19 @@ class Pipeline:
         except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one too
             status = "client_disconnected"
             error = "client disconnected"
+        except asyncio.CancelledError:
+            if not slot.reaped:
+                raise
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            status = "reaped"
+            error = (f"node {decision.node.node_id} made no progress for "
+                     f"{self.services.queues.stale_timeout:g} s; the request was ended")
+            try:  # the client may be the one that stopped reading: give up quickly
+                async with asyncio.timeout(1.0):
+                    await response.write(stream_error(route.api, error))
+                    await response.write_eof()
+            except (TimeoutError, ConnectionResetError):
+                pass
         counts = _final_counts(bytes(tail), route.api, whole=False)
         if outbound.summary is not None:
             counts["details"] = dict(outbound.summary())
@@ -232,7 +259,7 @@ class Pipeline:
     # --- responses and traces ------------------------------------------------------------------
 
     def _fleet_headers(
-        self, route: RouteRequest, decision: Decision, attempts: list[Attempt]
+        self, route: RouteRequest, decision: Decision, attempts: list[Attempt], slot: Slot
     ) -> dict[str, str]:
         headers = {
             "X-Fleet-Node": decision.node.node_id,
@@ -244,6 +271,8 @@ class Pipeline:
         }
         if decision.fallback:
             headers["X-Fleet-Fallback"] = decision.model
+        if slot.waited_s:
+            headers["X-Fleet-Queued-Ms"] = str(round(slot.waited_s * 1000))
         return headers
 
     def _no_route(
@@ -266,14 +295,31 @@ class Pipeline:
         headers = {"X-Request-Id": route.request_id}
         if status == 503:
             headers.update({"Retry-After": "5", "x-should-retry": "false"})
-        self._finish(route, started, None, attempts, status="rejected", http_status=status,
+        self._finish(route, started, None, attempts, None, status="rejected", http_status=status,
                      error_message=message)
         return error_response(route.api, status, message, headers=headers)
+
+    def _refused(
+        self, route: RouteRequest, refused: Refused, attempts: list[Attempt], started: float
+    ) -> web.Response:
+        if refused.kind == "gone":
+            self._finish(route, started, None, attempts, None, status="client_disconnected",
+                         http_status=499, error_message=refused.reason)
+            return error_response(route.api, 499, refused.reason)
+        message = (f"no node could take model '{route.model}' within "
+                   f"{self.services.queues.hold_timeout:g} s: {refused.reason}")
+        retry_after = self.services.queues.retry_after(route.model)
+        # the router already waited for the client: an SDK should not retry on its own at once
+        headers = {"X-Request-Id": route.request_id, "Retry-After": str(retry_after),
+                   "x-should-retry": "false"}
+        self._finish(route, started, None, attempts, None, status="rejected", http_status=503,
+                     error_message=message)
+        return error_response(route.api, 503, message, headers=headers)
 
     def _all_failed(self, route: RouteRequest, attempts: list[Attempt], started: float) -> web.Response:
         detail = "; ".join(f"{a.node_id}: {a.outcome}" for a in attempts)
         message = f"every node that can serve model '{route.model}' failed ({detail})"
-        self._finish(route, started, None, attempts, status="failed", http_status=502,
+        self._finish(route, started, None, attempts, None, status="failed", http_status=502,
                      error_message=message)
         headers = {"X-Request-Id": route.request_id, "X-Fleet-Retries": str(len(attempts) - 1),
                    "x-should-retry": "false"}
@@ -285,6 +331,7 @@ class Pipeline:
         started: float,
         decision: Decision | None,
         attempts: list[Attempt],
+        slot: Slot | None,
         *,
         status: str,
         http_status: int,
@@ -295,6 +342,8 @@ class Pipeline:
         details: Mapping[str, Any] | None = None,
     ) -> None:
         final = list(attempts)
+        if slot is not None and slot.waited_s:
+            details = {**(details or {}), "queued_ms": round(slot.waited_s * 1000, 3)}
         if decision is not None:
             final.append(Attempt(node_id=decision.node.node_id, outcome=status, status=http_status))
         trace = Trace(
@@ -321,6 +370,17 @@ class Pipeline:
             details=dict(details or {}),
         )
         self.services.record(trace)
+
+
+def _client_alive(request: web.Request) -> Callable[[], bool]:
+    """Whether the client of ``request`` is still connected (checked before dispatching a request
+    that waited, so one whose client left never reaches a node)."""
+
+    def alive() -> bool:
+        transport = request.transport
+        return transport is not None and not transport.is_closing()
+
+    return alive
 
 
 def _fmt(value: float) -> str:

@@ -80,24 +80,33 @@ class Scorer:
         return first
 
     def choose_model(
-        self, request: RouteRequest, model: str, exclude: Collection[str] = ()
+        self,
+        request: RouteRequest,
+        model: str,
+        exclude: Collection[str] = (),
+        only: str | None = None,
     ) -> Decision | NoRoute:
+        """Best node for one model; ``only`` scores that one node alone (the rebalancer's move)."""
         key = normalize_model(model)
         now = self.fleet.clock()
         candidates: list[Candidate] = []
         eliminated: dict[str, str] = {}
         known = False
-        for node in self.fleet.nodes.values():
+        nodes = self.fleet.nodes.values()
+        if only is not None:
+            one = self.fleet.nodes.get(only)
+            nodes = [one] if one is not None else []
+        for node in nodes:
             loaded = node.loaded.get(key)
             available = node.available.get(key)
             if loaded is None and available is None:
                 continue
             known = True
-            reason = _elimination_reason(node, exclude)
+            reason = elimination_reason(node, exclude)
             if reason:
                 eliminated[node.node_id] = reason
                 continue
-            counters = self.fleet.queues.get((node.node_id, key))
+            lane = self.fleet.queues.get((node.node_id, key))
             unloaded = node.unloaded_at.get(key)
             candidates.append(
                 Candidate(
@@ -105,8 +114,9 @@ class Scorer:
                     model=key,
                     loaded=loaded,
                     available=available,
-                    in_flight=counters.in_flight if counters else 0,
-                    pending=counters.pending if counters else 0,
+                    in_flight=lane.in_flight if lane else 0,
+                    pending=lane.pending if lane else 0,
+                    limit=lane.limit if lane else 0,
                     node_in_flight=self.fleet.node_in_flight.get(node.node_id, 0),
                     unloaded_ago=None if unloaded is None else now - unloaded,
                 )
@@ -169,7 +179,7 @@ def weighted_totals(
     return totals, breakdowns
 
 
-def _elimination_reason(node: NodeState, exclude: Collection[str]) -> str | None:
+def elimination_reason(node: NodeState, exclude: Collection[str]) -> str | None:
     if node.node_id in exclude:
         return "failed earlier attempt"
     if node.status == "offline":

@@ -144,7 +144,7 @@ async def herd_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[R
         host = make_host(plugins, extra)
         config = make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "router"), **(env or {})})
         app = create_app(config, host)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()

@@ -57,12 +57,16 @@ def test_unload_is_remembered_for_warmth():
 
 def test_in_flight_counters_are_true():
     fleet = Fleet()
-    fleet.started("a", "m:latest")
-    fleet.started("a", "m:latest")
-    fleet.finished("a", "m:latest", ok=True)
-    fleet.finished("a", "m:latest", ok=False)
-    c = fleet.counters("a", "m:latest")
-    assert (c.in_flight, c.completed, c.failed) == (0, 1, 1)
+    lane = fleet.lane("a", "m:latest")
+    assert fleet.lane("a", "m:latest") is lane
+    fleet.started(lane)
+    fleet.started(lane)
+    fleet.started(lane)
+    assert (lane.in_flight, fleet.requests_active) == (3, 3)
+    fleet.finished(lane, ok=True)
+    fleet.finished(lane, ok=False)
+    fleet.finished(lane, ok=None)  # a slot given back unused counts neither way
+    assert (lane.in_flight, lane.completed, lane.failed) == (0, 1, 1)
     assert fleet.requests_active == 0
 
 

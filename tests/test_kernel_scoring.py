@@ -90,7 +90,7 @@ def test_ties_go_to_the_less_busy_node_then_lowest_id():
     fleet = fleet_with(heartbeat_payload("b", available=["m"]), heartbeat_payload("a", available=["m"]))
     scorer = Scorer(fleet, [], make_config())
     assert scorer.choose(req()).node.node_id == "a"
-    fleet.started("a", "m:latest")
+    fleet.started(fleet.lane("a", "m:latest"))
     assert scorer.choose(req()).node.node_id == "b"
 
 

@@ -136,6 +136,7 @@ async def test_unknown_route_and_wrong_method_are_json(router):
 
 async def test_model_offline_everywhere_is_503_with_retry_after(router):
     router.services.fleet.nodes["n1"].status = "offline"
+    router.services.queues.hold_timeout = 0.2  # held, re-scored, then refused
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{router.url}/api/chat", json={"model": "llama3.2:3b"}) as r:
             assert r.status == 503

@@ -131,8 +131,10 @@ async def run(args: argparse.Namespace, *, stop: asyncio.Event | None = None,
         if args.router_url:
             env = agent_env(os.environ)
             for name, node in fleet.nodes.items():
+                # the agent reports the simulated OLLAMA_NUM_PARALLEL, as a real one would
+                node_env = {**env, "FLEET_NODE_OLLAMA_NUM_PARALLEL": str(node.profile.num_parallel)}
                 proc = await spawn(agent_command(args.router_url, node.url, name,
-                                                 args.agent_arg), env)
+                                                 args.agent_arg), node_env)
                 children.append(proc)
                 watchers.append(loop.create_task(_watch(proc, name, stop)))
         print(f"herd-sim: {len(fleet.nodes)} node(s) running"

@@ -25,7 +25,7 @@ class OllamaBackend:
 
 @hookimpl
 def herd_settings() -> Sequence[Any]:
-    return (*shaping.SETTINGS, *substitutes.SETTINGS)
+    return (*node.SETTINGS, *shaping.SETTINGS, *substitutes.SETTINGS)
 
 
 @hookimpl

@@ -11,6 +11,14 @@ from typing import Any
 import aiohttp
 
 from herd_kernel.api import NodeContext
+from herd_kernel.config import Setting
+
+SETTINGS = (
+    Setting(env="FLEET_NODE_OLLAMA_NUM_PARALLEL", type=int, default=0, scope="node",
+            help="Requests the local Ollama runs at once per model, as its OLLAMA_NUM_PARALLEL "
+            "says; the router queues the rest. 0: read OLLAMA_NUM_PARALLEL from this agent's "
+            "environment (set this when Ollama runs under another service manager)."),
+)
 
 _TIMEOUT = aiohttp.ClientTimeout(total=3.0)
 
@@ -93,7 +101,8 @@ async def probe(ctx: NodeContext) -> dict[str, Any]:
         "models_loaded": loaded_models(ps) if isinstance(ps, dict) else [],
         # without a model list this node must not be offered work it cannot prove it can do
         "models_available": available_models(tags) if isinstance(tags, dict) else [],
-        "num_parallel": _int_env("OLLAMA_NUM_PARALLEL"),
+        "num_parallel": max(0, ctx.config["FLEET_NODE_OLLAMA_NUM_PARALLEL"])
+        or _int_env("OLLAMA_NUM_PARALLEL"),
     }
     return {"ollama": report}
 

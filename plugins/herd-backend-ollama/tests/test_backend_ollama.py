@@ -7,7 +7,7 @@ from herd_backend_ollama import node, router
 from herd_kernel.api import NodeContext
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, structure
-from herd_kernel.testing import heartbeat_payload, make_config
+from herd_kernel.testing import heartbeat_payload, make_config, make_host
 
 # recorded from Ollama 0.12.3 (shapes per docs/api.md), trimmed
 PS = {"models": [{"name": "llama3.2:3b", "model": "llama3.2:3b", "size": 3600000000,
@@ -45,7 +45,7 @@ def fake_ollama(ps=PS, tags=TAGS, version=None, broken=()):
 
 
 async def probe(server_url):
-    config = make_config(env={"FLEET_NODE_OLLAMA_HOST": server_url})
+    config = make_config(make_host("backend-ollama"), env={"FLEET_NODE_OLLAMA_HOST": server_url})
     async with aiohttp.ClientSession() as http:
         return await node.probe(NodeContext(config=config, node_id="n", http=http))
 

@@ -1,0 +1,595 @@
+"""Per ``node:model`` queues, the holding queue, pre-warming, the rebalancer and the zombie reaper.
+
+A request asks ``QueueManager.acquire`` for a place to run. It is scored; when the chosen
+``node:model`` lane has a free slot and nobody waiting, it gets the slot at once (the fast path:
+no future, no task, constant work). Otherwise it waits, in the chosen lane (first come, first
+served), or in the holding queue when every node that has the model is out of reach (offline,
+paused, draining, failed earlier). Nothing waits longer than ``FLEET_HOLD_TIMEOUT``.
+
+The *pump* moves waiting requests. It runs once per event-loop turn at most, when a slot frees,
+when the fleet changes (a heartbeat, a status change, a model the router loaded) and every
+``FLEET_REBALANCE_INTERVAL`` seconds. In one pass it:
+
+- gives freed slots to their lanes' oldest live waiters (a waiter whose client has gone is
+  dropped, never dispatched);
+- re-scores the waiters of lanes whose node can no longer serve;
+- moves waiters from saturated lanes to nodes where the model is hot and slots are free (the
+  rebalancer);
+- re-scores the holding queue.
+
+The periodic pass also reaps in-flight requests that relayed nothing for ``FLEET_STALE_TIMEOUT``
+and pre-warms: when ``FLEET_PREWARM_DEPTH`` requests wait on one lane, the runner-up node loads
+the model so the next requests (and the rebalancer) find it hot.
+
+A lane's concurrency comes from the node's ``OLLAMA_NUM_PARALLEL`` (or ``FLEET_DEFAULT_CONCURRENCY``
+when it does not say), is 1 for embedding-only models (Ollama runs them one at a time) and for
+cold loads under memory pressure, and is lowered by a ``ConcurrencyTuner`` when running requests
+side by side stops paying.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any
+
+import attrs
+import structlog
+from attrs import frozen
+
+from herd_kernel.config import Config
+from herd_kernel.fleet import Fleet, Lane
+from herd_kernel.models import NodeState, RouteRequest, normalize_model
+from herd_kernel.scoring import Decision, NoRoute, Scorer, elimination_reason
+
+log = structlog.get_logger("herd.queues")
+
+Warm = Callable[[NodeState, str], Awaitable[str | None]]  # (node, model) -> error or None
+_WARM_RETRY_S = 60.0  # a failed pre-warm of one node:model is not tried again sooner
+
+
+@frozen(kw_only=True)
+class Refused:
+    """A request that waited and did not get a slot: ``timeout`` (503) or ``gone`` (client left)."""
+
+    kind: str
+    model: str
+    waited_s: float
+    reason: str
+
+
+class Slot:
+    """One running request's place in a lane. ``touch()`` on every relayed chunk tells the reaper
+    the request is alive; ``release()`` once at the end (again is harmless)."""
+
+    __slots__ = ("manager", "lane", "started", "progress", "concurrency", "waited_s", "reaped",
+                 "released", "task")
+
+    def __init__(self, manager: QueueManager, lane: Lane, now: float, waited_s: float) -> None:
+        self.manager = manager
+        self.lane = lane
+        self.started = now
+        self.progress = now
+        self.concurrency = lane.in_flight  # requests running in the lane, this one included
+        self.waited_s = waited_s
+        self.reaped = False
+        self.released = False
+        self.task: asyncio.Task[Any] | None = None  # cancelled by the reaper
+
+    def touch(self) -> None:
+        self.progress = time.monotonic()
+
+    def release(self, ok: bool | None, completion_tokens: int | None = None) -> None:
+        self.manager.release(self, ok, completion_tokens)
+
+
+class Ticket:
+    """A waiting request."""
+
+    __slots__ = ("route", "exclude", "alive", "future", "lane", "decision", "since")
+
+    def __init__(self, route: RouteRequest, exclude: Collection[str],
+                 alive: Callable[[], bool] | None, future: asyncio.Future[Any], now: float) -> None:
+        self.route = route
+        self.exclude = exclude
+        self.alive = alive
+        self.future = future
+        self.lane: Lane | None = None  # None: in the holding queue
+        self.decision: Decision | NoRoute | None = None
+        self.since = now
+
+
+class ConcurrencyTuner:
+    """Learns whether running a lane's requests side by side raises its throughput.
+
+    Each finished request gives its time per generated token and how many requests ran in the lane
+    when it started. Throughput at concurrency ``c`` is ``c / t_c`` against ``1 / t_1`` alone, so
+    the gain is ``c * t_1 / t_c``. When, over enough samples, side by side gives less than
+    ``MIN_GAIN`` (10 %) more throughput, the cap drops below the concurrency measured; every
+    ``PROBE_AFTER`` requests at the cap it rises by one to look again (the node may have been busy
+    with something else).
+    """
+
+    MIN_SAMPLES = 8
+    MIN_GAIN = 1.1
+    PROBE_AFTER = 200
+    ALPHA = 0.2  # weight of a new sample in the moving averages
+
+    __slots__ = ("cap", "solo", "solo_n", "shared", "shared_n", "shared_at", "since_change")
+
+    def __init__(self) -> None:
+        self.cap: int | None = None  # None: no cap learned (the reported limit applies)
+        self.solo: float | None = None  # ms per token, running alone
+        self.solo_n = 0
+        self.shared: float | None = None  # ms per token, running with others
+        self.shared_n = 0
+        self.shared_at = 0.0  # mean concurrency of the shared samples
+        self.since_change = 0
+
+    def observe(self, concurrency: int, ms_per_token: float) -> None:
+        self.since_change += 1
+        if concurrency <= 1:
+            self.solo = _ewma(self.solo, ms_per_token, self.ALPHA)
+            self.solo_n += 1
+        else:
+            self.shared = _ewma(self.shared, ms_per_token, self.ALPHA)
+            self.shared_at = _ewma(self.shared_at or None, float(concurrency), self.ALPHA)
+            self.shared_n += 1
+        if self.solo_n >= self.MIN_SAMPLES and self.shared_n >= self.MIN_SAMPLES:
+            assert self.solo is not None and self.shared is not None
+            gain = self.shared_at * self.solo / self.shared
+            if gain < self.MIN_GAIN:
+                self.cap = max(1, int(self.shared_at) - 1)
+                self._reset()
+                return
+        if self.cap is not None and self.since_change >= self.PROBE_AFTER:
+            self.cap += 1
+            self._reset()
+
+    def gain(self) -> float | None:
+        if self.solo is None or self.shared is None:
+            return None
+        return round(self.shared_at * self.solo / self.shared, 3)
+
+    def _reset(self) -> None:
+        self.shared = None
+        self.shared_n = 0
+        self.shared_at = 0.0
+        self.since_change = 0
+
+
+def _ewma(old: float | None, new: float, alpha: float) -> float:
+    return new if old is None else old + alpha * (new - old)
+
+
+class QueueManager:
+    def __init__(self, fleet: Fleet, scorer: Scorer, config: Config, *,
+                 warm: Warm | None = None,
+                 event: Callable[..., None] | None = None) -> None:
+        self.fleet = fleet
+        self.scorer = scorer
+        self.hold_timeout = float(config["FLEET_HOLD_TIMEOUT"])
+        self.default_limit = max(1, int(config["FLEET_DEFAULT_CONCURRENCY"]))
+        self.max_limit = max(1, int(config["FLEET_MAX_CONCURRENCY"]))
+        self.adaptive = bool(config["FLEET_ADAPTIVE_CONCURRENCY"])
+        self.interval = max(0.01, float(config["FLEET_REBALANCE_INTERVAL"]))
+        self.prewarm_depth = int(config["FLEET_PREWARM_DEPTH"])
+        self.stale_timeout = float(config["FLEET_STALE_TIMEOUT"])
+        self.warm = warm
+        self.event = event or (lambda kind, **fields: None)
+        self.held: list[Ticket] = []
+        self.waiting_lanes: set[Lane] = set()
+        self.waiting_total = 0
+        self.active: set[Slot] = set()
+        self.warming: dict[tuple[str, str], float] = {}  # node:model -> retry-after (monotonic)
+        self.reaped_total = 0
+        self.moved_total = 0
+        self.prewarms_total = 0
+        self.abandoned_total = 0
+        self.timeouts_total = 0
+        self._pump_handle: asyncio.Handle | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        fleet.watchers.append(self._fleet_changed)
+
+    # --- the request's side ----------------------------------------------------------------------
+
+    async def acquire(
+        self,
+        route: RouteRequest,
+        exclude: Collection[str] = (),
+        alive: Callable[[], bool] | None = None,
+    ) -> tuple[Decision, Slot] | NoRoute | Refused:
+        """A node and a slot for ``route``, waiting if need be; or why there is none."""
+        decision = self.scorer.choose(route, exclude)
+        if isinstance(decision, Decision):
+            lane = self.fleet.lane(decision.node.node_id, decision.model_key)
+            lane.limit = self.limit_for(decision.node, lane)
+            if not lane.waiting and lane.in_flight < lane.limit:
+                return decision, self._grant(lane, 0.0)
+        elif decision.kind == "unknown_model" or set(decision.eliminated) <= set(exclude):
+            return decision  # unknown, or every holder already failed this request: no wait helps
+        if self.hold_timeout <= 0:
+            if isinstance(decision, NoRoute):
+                return decision
+            return Refused(kind="timeout", model=route.model, waited_s=0.0,
+                           reason=f"{decision.node.node_id} is at its concurrency limit")
+
+        loop = asyncio.get_running_loop()
+        ticket = Ticket(route, exclude, alive, loop.create_future(), loop.time())
+        self._wait(ticket, decision)
+        try:
+            async with asyncio.timeout(self.hold_timeout):
+                return await ticket.future
+        except TimeoutError:
+            self._forget(ticket)
+            if ticket.future.done() and not ticket.future.cancelled():
+                return ticket.future.result()  # granted in the same instant the wait ran out
+            self.timeouts_total += 1
+            return Refused(kind="timeout", model=route.model,
+                           waited_s=round(loop.time() - ticket.since, 3),
+                           reason=self._wait_reason(ticket))
+        except asyncio.CancelledError:
+            self._forget(ticket)
+            if ticket.future.done() and not ticket.future.cancelled():
+                result = ticket.future.result()
+                if isinstance(result, tuple):
+                    result[1].release(None)
+            raise
+
+    def release(self, slot: Slot, ok: bool | None, completion_tokens: int | None = None) -> None:
+        """``ok``: True completed, False failed, None given back unused."""
+        if slot.released:
+            return
+        slot.released = True
+        self.active.discard(slot)
+        lane = slot.lane
+        self.fleet.finished(lane, ok)
+        if ok and self.adaptive and completion_tokens and completion_tokens >= 8:
+            ms_per_token = (time.monotonic() - slot.started) * 1000 / completion_tokens
+            if lane.tuner is None:
+                lane.tuner = ConcurrencyTuner()
+            lane.tuner.observe(slot.concurrency, ms_per_token)
+        if self.waiting_total or self.held:
+            self._schedule()
+
+    # --- concurrency -----------------------------------------------------------------------------
+
+    def limit_for(self, node: NodeState, lane: Lane) -> int:
+        ollama = node.heartbeat.ollama
+        limit = ollama.num_parallel if ollama is not None and ollama.num_parallel > 0 \
+            else self.default_limit
+        limit = min(limit, self.max_limit)
+        if lane.model not in node.loaded:
+            if node.heartbeat.memory.pressure != "normal":
+                limit = 1  # a cold load on a machine short of memory: one request at a time
+        available = node.available.get(lane.model)
+        if available is not None and "embedding" in available.capabilities \
+                and "completion" not in available.capabilities:
+            limit = 1  # Ollama loads embedding models with one slot
+        tuner = lane.tuner
+        if tuner is not None and tuner.cap is not None:
+            limit = min(limit, tuner.cap)
+        return max(1, limit)
+
+    # --- waiting ---------------------------------------------------------------------------------
+
+    def _grant(self, lane: Lane, waited_s: float) -> Slot:
+        self.fleet.started(lane)
+        slot = Slot(self, lane, time.monotonic(), waited_s)
+        self.active.add(slot)
+        return slot
+
+    def _wait(self, ticket: Ticket, decision: Decision | NoRoute) -> None:
+        """Put a ticket where ``decision`` says: a slot now, a lane's line, or the holding queue."""
+        ticket.decision = decision
+        if isinstance(decision, NoRoute):
+            if decision.kind == "unknown_model":  # the model left the fleet while it waited
+                self._resolve(ticket, decision)
+            else:
+                ticket.lane = None
+                self.held.append(ticket)
+            return
+        lane = self.fleet.lane(decision.node.node_id, decision.model_key)
+        lane.limit = self.limit_for(decision.node, lane)
+        if not lane.waiting and lane.in_flight < lane.limit:
+            self._give(ticket, decision, lane)
+            return
+        ticket.lane = lane
+        lane.waiting.append(ticket)
+        self.waiting_total += 1
+        self.waiting_lanes.add(lane)
+        if self.prewarm_depth > 0 and len(lane.waiting) >= self.prewarm_depth:
+            self._prewarm(ticket, decision)
+
+    def _give(self, ticket: Ticket, decision: Decision, lane: Lane) -> None:
+        if ticket.future.done():
+            return
+        if ticket.alive is not None and not ticket.alive():
+            lane.abandoned += 1
+            self.abandoned_total += 1
+            self._resolve(ticket, Refused(kind="gone", model=ticket.route.model, waited_s=0.0,
+                                          reason="client disconnected while waiting"))
+            return
+        waited = asyncio.get_running_loop().time() - ticket.since
+        self._resolve(ticket, (decision, self._grant(lane, waited)))
+
+    @staticmethod
+    def _resolve(ticket: Ticket, result: Any) -> None:
+        if not ticket.future.done():
+            ticket.future.set_result(result)
+
+    def _take(self, lane: Lane) -> Ticket:
+        ticket = lane.waiting.popleft()
+        self.waiting_total -= 1
+        if not lane.waiting:
+            self.waiting_lanes.discard(lane)
+        ticket.lane = None
+        return ticket
+
+    def _forget(self, ticket: Ticket) -> None:
+        lane = ticket.lane
+        if lane is not None:
+            try:
+                lane.waiting.remove(ticket)
+            except ValueError:
+                return
+            self.waiting_total -= 1
+            if not lane.waiting:
+                self.waiting_lanes.discard(lane)
+            ticket.lane = None
+        elif ticket in self.held:
+            self.held.remove(ticket)
+
+    def _wait_reason(self, ticket: Ticket) -> str:
+        decision = ticket.decision
+        if isinstance(decision, NoRoute):
+            reasons = ", ".join(f"{n}: {r}" for n, r in sorted(decision.eliminated.items()))
+            return f"no node can serve it ({reasons})" if reasons else "no node can serve it"
+        if isinstance(decision, Decision):
+            lane = self.fleet.queues.get((decision.node.node_id, decision.model_key))
+            if lane is not None:
+                return (f"every slot of {decision.node.node_id} is busy ({lane.in_flight} running, "
+                        f"{lane.pending} waiting)")
+        return "no slot freed in time"
+
+    # --- the pump --------------------------------------------------------------------------------
+
+    def _fleet_changed(self) -> None:
+        if self.waiting_total or self.held:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if self._pump_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # a fleet changed outside any loop (a unit test): nothing waits
+                return
+            self._pump_handle = loop.call_soon(self.pump)
+
+    def pump(self) -> None:
+        self._pump_handle = None
+        for lane in list(self.waiting_lanes):
+            self._serve(lane)
+        if self.waiting_total:
+            self._rebalance()
+        if self.held:
+            held, self.held = self.held, []
+            for ticket in held:
+                if ticket.future.done():
+                    continue
+                self._wait(ticket, self.scorer.choose(ticket.route, ticket.exclude))
+
+    def _serve(self, lane: Lane) -> None:
+        node = self.fleet.nodes.get(lane.node_id)
+        if node is None or elimination_reason(node, ()) is not None:
+            # the node went away: its waiters go back to be scored again
+            while lane.waiting:
+                ticket = self._take(lane)
+                self._wait(ticket, self.scorer.choose(ticket.route, ticket.exclude))
+            return
+        lane.limit = self.limit_for(node, lane)
+        while lane.waiting and lane.in_flight < lane.limit:
+            ticket = self._take(lane)
+            decision = ticket.decision
+            assert isinstance(decision, Decision)
+            self._give(ticket, decision, lane)
+
+    def _rebalance(self) -> None:
+        """Move waiters from saturated lanes to nodes where their model is hot and slots are free,
+        oldest first, each re-scored on the node it moves to (for true headers and traces)."""
+        donors: dict[str, list[Lane]] = collections.defaultdict(list)
+        for lane in self.waiting_lanes:
+            donors[lane.model].append(lane)
+        for model, lanes in donors.items():
+            for node in self.fleet.nodes.values():
+                if model not in node.loaded or elimination_reason(node, ()) is not None:
+                    continue
+                target = self.fleet.lane(node.node_id, model)
+                if target.waiting:
+                    continue
+                target.limit = self.limit_for(node, target)
+                while target.in_flight < target.limit:
+                    ticket = self._oldest_movable(lanes, node.node_id)
+                    if ticket is None:
+                        break
+                    source = ticket.lane
+                    assert source is not None and isinstance(ticket.decision, Decision)
+                    moved = self.scorer.choose_model(
+                        ticket.route, ticket.decision.model, ticket.exclude, only=node.node_id)
+                    if not isinstance(moved, Decision):
+                        break
+                    source.waiting.remove(ticket)
+                    self.waiting_total -= 1
+                    if not source.waiting:
+                        self.waiting_lanes.discard(source)
+                    ticket.lane = None
+                    source.moved += 1
+                    self.moved_total += 1
+                    self.event("rebalanced", model=model, source=source.node_id,
+                               target=node.node_id, request_id=ticket.route.request_id)
+                    self._give(ticket, _keep_fallback(moved, ticket.decision), target)
+
+    @staticmethod
+    def _oldest_movable(lanes: list[Lane], node_id: str) -> Ticket | None:
+        best: Ticket | None = None
+        for lane in lanes:
+            if lane.node_id == node_id or lane.in_flight < lane.limit:
+                continue
+            for ticket in lane.waiting:
+                if node_id not in ticket.exclude:
+                    if best is None or ticket.since < best.since:
+                        best = ticket
+                    break
+        return best
+
+    # --- pre-warming -----------------------------------------------------------------------------
+
+    def _prewarm(self, ticket: Ticket, decision: Decision) -> None:
+        if self.warm is None:
+            return
+        runner = self.scorer.choose_model(
+            ticket.route, decision.model, {*ticket.exclude, decision.node.node_id})
+        if not isinstance(runner, Decision) or runner.model_key in runner.node.loaded:
+            return
+        key = (runner.node.node_id, runner.model_key)
+        now = time.monotonic()
+        if self.warming.get(key, 0.0) > now:
+            return
+        self.warming[key] = now + 3600.0  # in progress
+        self.prewarms_total += 1
+        self.event("prewarm", node_id=runner.node.node_id, model=runner.model,
+                   behind=decision.node.node_id, waiting=len(ticket.lane.waiting) if ticket.lane else 0)
+        task = asyncio.get_running_loop().create_task(self._warm(runner), name="herd-prewarm")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _warm(self, runner: Decision) -> None:
+        key = (runner.node.node_id, runner.model_key)
+        assert self.warm is not None
+        try:
+            error = await self.warm(runner.node, runner.model)
+        except Exception as exc:  # noqa: BLE001 - a failed warm-up only means no head start
+            error = repr(exc)
+        if error is None:
+            self.warming.pop(key, None)
+            log.info("pre-warmed", node=runner.node.node_id, model=runner.model)
+            self.fleet.add_loaded(*key)  # the rebalancer can use it before the next heartbeat
+        else:
+            self.warming[key] = time.monotonic() + _WARM_RETRY_S
+            log.warning("pre-warm failed", node=runner.node.node_id, model=runner.model, error=error)
+
+    # --- the periodic pass -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Every ``interval`` s: reap, drop waiters whose clients left, pre-warm, pump."""
+        while True:
+            await asyncio.sleep(self.interval)
+            self.tick()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        for slot in [s for s in self.active if now - s.progress > self.stale_timeout]:
+            self._reap(slot, now)
+        for lane in list(self.waiting_lanes):
+            for ticket in [t for t in lane.waiting if t.alive is not None and not t.alive()]:
+                self._forget(ticket)
+                lane.abandoned += 1
+                self.abandoned_total += 1
+                self._resolve(ticket, Refused(kind="gone", model=ticket.route.model,
+                                              waited_s=now - ticket.since,
+                                              reason="client disconnected while waiting"))
+            if self.prewarm_depth > 0 and len(lane.waiting) >= self.prewarm_depth:
+                head = lane.waiting[0]
+                if isinstance(head.decision, Decision):
+                    self._prewarm(head, head.decision)
+        self.pump()
+
+    def _reap(self, slot: Slot, now: float) -> None:
+        lane = slot.lane
+        slot.reaped = True
+        lane.reaped += 1
+        self.reaped_total += 1
+        log.warning("reaping a request with no progress", node=lane.node_id, model=lane.model,
+                    silent_s=round(now - slot.progress, 1))
+        self.event("reaped", node_id=lane.node_id, model=lane.model,
+                   silent_s=round(now - slot.progress, 1))
+        self.release(slot, False)
+        if slot.task is not None and not slot.task.done():
+            slot.task.cancel()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._pump_handle is not None:
+            self._pump_handle.cancel()
+            self._pump_handle = None
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def retry_after(self, model: str, latency: Any = None) -> int:
+        """Whole seconds a client refused for ``model`` should wait before trying again."""
+        latency = latency or self.scorer.latency
+        key = normalize_model(model)
+        best: float | None = None
+        for (node_id, lane_model), lane in self.fleet.queues.items():
+            if lane_model != key:
+                continue
+            wait = _estimated_wait_s(lane, latency.p75_ms(node_id, lane_model))
+            if wait is not None and (best is None or wait < best):
+                best = wait
+        return max(1, min(60, int(-(-(best if best is not None else 5.0) // 1))))
+
+    def snapshot(self, latency: Any) -> dict[str, Any]:
+        """Per ``node:model`` numbers, per-model totals with an estimated wait, and fleet totals;
+        what ``/fleet/queue`` serves. Linear in the lanes, never touches a node."""
+        lanes: dict[str, dict[str, Any]] = {}
+        models: dict[str, dict[str, Any]] = {}
+        for (node_id, model), lane in sorted(self.fleet.queues.items()):
+            p75 = latency.p75_ms(node_id, model)
+            wait = _estimated_wait_s(lane, p75)
+            lanes[f"{node_id}:{model}"] = {
+                "node": node_id, "model": model, "limit": lane.limit,
+                "in_flight": lane.in_flight, "pending": lane.pending,
+                "completed": lane.completed, "failed": lane.failed, "reaped": lane.reaped,
+                "moved": lane.moved, "abandoned": lane.abandoned,
+                "estimated_wait_s": wait,
+                "throughput_gain": lane.tuner.gain() if lane.tuner is not None else None,
+            }
+            total = models.setdefault(model, {"in_flight": 0, "pending": 0, "slots_free": 0,
+                                              "estimated_wait_s": None})
+            total["in_flight"] += lane.in_flight
+            total["pending"] += lane.pending
+            total["slots_free"] += max(0, lane.limit - lane.in_flight) if not lane.waiting else 0
+            if wait is not None and (total["estimated_wait_s"] is None
+                                     or wait < total["estimated_wait_s"]):
+                total["estimated_wait_s"] = wait
+        return {
+            "queues": lanes,
+            "models": models,
+            "holding": len(self.held),
+            "waiting": self.waiting_total,
+            "in_flight": len(self.active),
+            "totals": {"reaped": self.reaped_total, "moved": self.moved_total,
+                       "prewarms": self.prewarms_total, "abandoned": self.abandoned_total,
+                       "hold_timeouts": self.timeouts_total},
+        }
+
+
+def _estimated_wait_s(lane: Lane, p75_ms: float | None) -> float | None:
+    """Seconds a new request would wait for this lane: the requests ahead of it divided among the
+    slots, each taking the lane's p75 latency. None while the lane has no history."""
+    ahead = lane.pending + lane.in_flight - lane.limit + 1
+    if ahead <= 0:
+        return 0.0
+    if p75_ms is None:
+        return None
+    rounds = -(-ahead // max(1, lane.limit))
+    return round(rounds * p75_ms / 1000, 3)
+
+
+def _keep_fallback(moved: Decision, original: Decision) -> Decision:
+    """A decision re-made on another node keeps the original's fallback flag."""
+    return attrs.evolve(moved, fallback=True) if original.fallback else moved
