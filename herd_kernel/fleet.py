@@ -122,7 +122,11 @@ class Fleet:
         loaded = {}
         available = {}
         url = ""
-        if hb.ollama is not None:
+        if hb.draining and hb.ollama is None and state is not None:
+            # a node going away keeps what it had: requests for its models wait for it to return
+            # (or for FLEET_HOLD_TIMEOUT) instead of hearing that the model does not exist
+            loaded, available, url = state.loaded, state.available, state.ollama_url
+        elif hb.ollama is not None:
             url = reachable_url(hb.ollama.url, peer_ip)
             loaded = {normalize_model(m.name): m for m in hb.ollama.models_loaded}
             available = {normalize_model(m.name): m for m in hb.ollama.models_available}

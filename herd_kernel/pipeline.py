@@ -82,7 +82,12 @@ class Pipeline:
         max_retries = services.config["FLEET_MAX_RETRIES"]
         alive = _client_alive(request)
         while True:
-            got = await services.queues.acquire(route, exclude, alive)
+            try:
+                got = await services.queues.acquire(route, exclude, alive)
+            except asyncio.CancelledError:
+                self._finish(route, started, None, attempts, None, status="client_disconnected",
+                             http_status=499, error_message="client disconnected while waiting")
+                raise
             if isinstance(got, NoRoute):
                 return self._no_route(route, got, attempts, started, not_found)
             if isinstance(got, Refused):

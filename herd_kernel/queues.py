@@ -47,7 +47,7 @@ from herd_kernel.scoring import Decision, NoRoute, Scorer, elimination_reason
 log = structlog.get_logger("herd.queues")
 
 Warm = Callable[[NodeState, str], Awaitable[str | None]]  # (node, model) -> error or None
-_WARM_RETRY_S = 60.0  # a failed pre-warm of one node:model is not tried again sooner
+_WARM_RETRY_S = 60.0  # a pre-warm of one node:model is not tried again sooner
 
 
 @frozen(kw_only=True)
@@ -230,7 +230,10 @@ class QueueManager:
             return Refused(kind="timeout", model=route.model,
                            waited_s=round(loop.time() - ticket.since, 3),
                            reason=self._wait_reason(ticket))
-        except asyncio.CancelledError:
+        except asyncio.CancelledError:  # the client left while waiting
+            if ticket.lane is not None:
+                ticket.lane.abandoned += 1
+            self.abandoned_total += 1
             self._forget(ticket)
             if ticket.future.done() and not ticket.future.cancelled():
                 result = ticket.future.result()
@@ -473,7 +476,8 @@ class QueueManager:
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only means no head start
             error = repr(exc)
         if error is None:
-            self.warming.pop(key, None)
+            # not again soon: a heartbeat read before the load finished may still say "cold"
+            self.warming[key] = time.monotonic() + _WARM_RETRY_S
             log.info("pre-warmed", node=runner.node.node_id, model=runner.model)
             self.fleet.add_loaded(*key)  # the rebalancer can use it before the next heartbeat
         else:
