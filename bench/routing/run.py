@@ -15,13 +15,13 @@ simulator models. This is a benchmark, not a test: it asserts nothing.
 from __future__ import annotations
 
 import argparse
-import os
 import asyncio
 import contextlib
 import datetime as dt
 import json
 import logging
 import math
+import os
 import platform
 import random
 import signal
@@ -38,6 +38,7 @@ import aiohttp
 import attrs
 import structlog
 from aiohttp import web
+from herd_sim import PROFILES, NodeProfile, SimFleet
 
 from herd_kernel.api import Candidate, ScoringContext
 from herd_kernel.app import SERVICES, create_app
@@ -46,7 +47,6 @@ from herd_kernel.models import normalize_model
 from herd_kernel.node.agent import NodeAgent
 from herd_kernel.plugins import PluginHost
 from herd_kernel.testing import make_config, make_host
-from herd_sim import PROFILES, NodeProfile, SimFleet
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_MARKDOWN = HERE / "results.md"
