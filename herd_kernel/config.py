@@ -214,6 +214,14 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         help="Seconds a node may stay silent mid-response before the request fails.",
     ),
     Setting(
+        env="FLEET_SCORE_SHORTLIST",
+        type=int,
+        default=32,
+        help="When more nodes than this can serve a model, only this many are scored by the "
+        "signals: those first in a quick order (model in memory, a free slot, least queued per "
+        "slot, most free memory). Keeps a decision under 2 ms at 1,000 nodes.",
+    ),
+    Setting(
         env="FLEET_HOLD_TIMEOUT",
         type=float,
         default=30.0,

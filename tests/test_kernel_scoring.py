@@ -98,3 +98,30 @@ def test_ties_go_to_the_less_busy_node_then_lowest_id():
 def test_model_names_match_like_ollama(model):
     fleet = fleet_with(heartbeat_payload("a", available=["m:latest"]))
     assert isinstance(Scorer(fleet, [], make_config()).choose(req(model)), Decision)
+
+
+def test_shortlist_scores_only_the_best_few_of_a_large_fleet():
+    beats = [heartbeat_payload(f"hot{i}", loaded=["m"], memory_gb=16.0 + i) for i in range(8)]
+    beats += [heartbeat_payload(f"cold{i}", available=["m"], memory_gb=16.0 + i) for i in range(8)]
+    fleet = fleet_with(*beats)
+    seen = []
+
+    class Spy(Const):
+        def score(self, ctx, candidates):
+            seen.append(sorted(c.node_id for c in candidates))
+            return super().score(ctx, candidates)
+
+    scorer = Scorer(fleet, [Spy("spy", {"cold7": 100})], make_config(env={"FLEET_SCORE_SHORTLIST": "4"}))
+    decision = scorer.choose(req())
+    # three places for the hot nodes (most free memory first), one kept for the cold ones, which
+    # a signal may well prefer
+    assert seen == [["cold7", "hot5", "hot6", "hot7"]]
+    assert decision.node.node_id == "cold7"
+
+
+def test_shortlist_puts_idle_nodes_before_busy_ones():
+    fleet = fleet_with(*[heartbeat_payload(f"n{i}", loaded=["m"]) for i in range(6)])
+    for i in range(4):
+        fleet.started(fleet.lane(f"n{i}", "m:latest"))
+    scorer = Scorer(fleet, [], make_config(env={"FLEET_SCORE_SHORTLIST": "2"}))
+    assert scorer.choose(req()).node.node_id == "n4"  # n0..n3 are busy; n4 and n5 made the list
