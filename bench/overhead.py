@@ -22,6 +22,9 @@ import time
 import aiohttp
 from herd_sim import PROFILES, SimNode
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from fastnode import start_fastnode  # noqa: E402
+
 MODEL = "llama3.2:3b"
 
 
@@ -61,9 +64,13 @@ async def series(http, base: str, stream: bool, n: int, warmup: int) -> tuple[li
     return totals, firsts
 
 
-async def main(n: int) -> None:
-    node = SimNode(PROFILES["medium"], time_scale=0.0)  # answers instantly: we measure the router
-    await node.start()
+async def main(n: int, fake: str) -> None:
+    if fake == "fastnode":  # a raw-asyncio fake with canned answers: the node costs ~nothing
+        node_url, close_node = await start_fastnode(0)
+    else:  # herd-sim answering instantly: a full Ollama emulation, itself an aiohttp server
+        node = SimNode(PROFILES["medium"], time_scale=0.0)
+        await node.start()
+        node_url, close_node = node.url, node.stop
     port = free_port()
     router = f"http://127.0.0.1:{port}"
     data = tempfile.mkdtemp(prefix="herd-bench-")
@@ -73,7 +80,7 @@ async def main(n: int) -> None:
         sys.executable, "-m", "herd_kernel.cli", "--host", "127.0.0.1", "--port", str(port),
         "--no-local-node", env=env, stderr=asyncio.subprocess.DEVNULL)
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "herd_kernel.node", "--router-url", router, "--ollama-host", node.url,
+        sys.executable, "-m", "herd_kernel.node", "--router-url", router, "--ollama-host", node_url,
         "--node-id", "bench", env=env, stderr=asyncio.subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as http:
@@ -89,7 +96,7 @@ async def main(n: int) -> None:
             print(f"{'path':<34}{'p50':>8}{'p99':>8}{'ttfb p50':>10}")
             results = {}
             for stream in (False, True):
-                for label, base in (("direct", node.url), ("via herd", router)):
+                for label, base in (("direct", node_url), ("via herd", router)):
                     totals, firsts = await series(http, base, stream, n, 50)
                     results[(stream, label)] = totals, firsts
                     name = f"{label} {'stream' if stream else 'non-stream'}"
@@ -105,10 +112,13 @@ async def main(n: int) -> None:
         for p in (agent, proc):
             p.send_signal(signal.SIGTERM)
             await p.wait()
-        await node.stop()
+        await close_node()
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=500)
-    asyncio.run(main(parser.parse_args().requests))
+    parser.add_argument("--node", choices=("fastnode", "herd-sim"), default="fastnode",
+                        help="the fake Ollama behind the router (default: fastnode)")
+    args = parser.parse_args()
+    asyncio.run(main(args.requests, args.node))

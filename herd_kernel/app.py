@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from herd_kernel import __version__, auth
+from herd_kernel import __version__, auth, logs
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, NodeConflict
 from herd_kernel.latency import WINDOW, LatencyHistory
@@ -114,22 +114,23 @@ class Services:
             self.latency.record(
                 trace.node_id, normalize_model(trace.model), trace.latency_ms, trace.ttft_ms
             )
-        request_log.info(
-            "request",
-            request_id=trace.request_id,
-            model=trace.model,
-            node=trace.node_id,
-            status=trace.status,
-            http_status=trace.http_status,
-            latency_ms=trace.latency_ms,
-            ttft_ms=trace.ttft_ms,
-            retries=trace.retries,
-            score=trace.score,
-            api=trace.api,
-            stream=trace.stream,
-            tags=list(trace.tags) or None,
-            error=trace.error_message,
-        )
+        fields = {
+            "request_id": trace.request_id,
+            "model": trace.model,
+            "node": trace.node_id,
+            "status": trace.status,
+            "http_status": trace.http_status,
+            "latency_ms": trace.latency_ms,
+            "ttft_ms": trace.ttft_ms,
+            "retries": trace.retries,
+            "score": trace.score,
+            "api": trace.api,
+            "stream": trace.stream,
+            "tags": list(trace.tags) or None,
+            "error": trace.error_message,
+        }
+        if not logs.request_line(fields):
+            request_log.info("request", **fields)
         if self._notify_traces:
             self.host.notify("herd_request_finished", trace=trace)
 

@@ -13,7 +13,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any
 
 import aiohttp
@@ -115,7 +115,7 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config["FLEET_LOG_LEVEL"], config["FLEET_DATA_DIR"])
     _report_plugins(host)
     try:
-        return asyncio.run(_serve_router(host, config, args))
+        return run_loop(_serve_router(host, config, args), config["FLEET_UVLOOP"])
     except KeyboardInterrupt:
         return 0
     except (PluginError, SettingError, OSError, RuntimeError) as exc:
@@ -289,6 +289,20 @@ async def _start_demo(host: PluginHost, config: Config, router_url: str, count: 
     return close
 
 
+def run_loop(main: Coroutine[Any, Any, int], uvloop: bool = True) -> int:
+    """Run ``main`` on uvloop when it is installed (and wanted), else on asyncio's own loop."""
+    factory = None
+    if uvloop:
+        try:
+            import uvloop as _uvloop
+        except ImportError:
+            pass
+        else:
+            factory = _uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
 def _on_signals(callback: Callable[[], None]) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -337,7 +351,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config["FLEET_NODE_LOG_LEVEL"], config["FLEET_NODE_DATA_DIR"], "herd-node.jsonl")
     _report_plugins(host)
     try:
-        return asyncio.run(_run_node(host, config))
+        return run_loop(_run_node(host, config), config["FLEET_UVLOOP"])
     except KeyboardInterrupt:
         return 0
     except (PluginError, SettingError, RuntimeError) as exc:

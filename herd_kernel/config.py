@@ -158,6 +158,14 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         scope="both",
     ),
     Setting(
+        env="FLEET_UVLOOP",
+        type=bool,
+        default=True,
+        help="Run on uvloop (a faster event loop) when it is installed, as it is by default on "
+        "Linux and macOS; false uses asyncio's own loop.",
+        scope="both",
+    ),
+    Setting(
         env="FLEET_SECRET",
         type=str,
         default="",

@@ -1,9 +1,17 @@
 """structlog, configured once by the CLI: readable lines on the console, JSON lines in
-``<data dir>/logs/<name>.jsonl``."""
+``<data dir>/logs/<name>.jsonl``.
+
+Writing happens on a thread, never on the event loop. The one line per request is the exception
+to structlog: ``request_line`` formats it on the loop in a few microseconds (``json.dumps`` and an
+f-string) and the thread only writes it, because a writer thread that formats holds the GIL for
+hundreds of microseconds a line and the event loop waits for it on every request.
+"""
 
 from __future__ import annotations
 
 import atexit
+import datetime as dt
+import json
 import logging
 import logging.handlers
 import queue
@@ -14,6 +22,9 @@ import structlog
 
 _configured = False
 _listener: logging.handlers.QueueListener | None = None
+_queue: queue.SimpleQueue[logging.LogRecord] | None = None
+_request_level = logging.INFO
+_console_colors = False
 
 
 class _PassThroughQueueHandler(logging.handlers.QueueHandler):
@@ -23,9 +34,46 @@ class _PassThroughQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
+class _Preformatted(logging.Formatter):
+    """Writes a record's ready-made line for this handler (``request_line``), else lets
+    structlog format it."""
+
+    def __init__(self, kind: str, inner: logging.Formatter) -> None:
+        super().__init__()
+        self.kind = kind
+        self.inner = inner
+
+    def format(self, record: logging.LogRecord) -> str:
+        lines = getattr(record, "herd_lines", None)
+        if lines is not None:
+            return lines[self.kind]
+        return self.inner.format(record)
+
+
+def request_line(fields: dict[str, object]) -> bool:
+    """Log one finished request at INFO, formatted here and written on the log thread. False when
+    logging is not set up (or not at INFO), so the caller can use structlog instead."""
+    if _queue is None or not _configured:
+        return False
+    if logging.getLogger().level > _request_level:
+        return True
+    now = dt.datetime.now(dt.UTC)
+    stamp = now.isoformat().replace("+00:00", "Z")
+    shown = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
+    console = f"{now:%Y-%m-%d %H:%M:%S} [info     ] request {' ' * 24}{shown}"
+    record = logging.LogRecord("herd.request", logging.INFO, "", 0, "request", None, None)
+    record.herd_lines = {  # type: ignore[attr-defined]
+        "console": console,
+        "json": json.dumps({"event": "request", **fields, "level": "info",
+                            "logger": "herd.request", "timestamp": stamp}, default=str),
+    }
+    _queue.put(record)
+    return True
+
+
 def setup_logging(level: str, data_dir: Path | None, filename: str = "herd.jsonl") -> Path | None:
     """Console + JSON-lines file. Returns the log file path (None when no data dir is given)."""
-    global _configured, _listener
+    global _configured, _listener, _queue
     numeric = logging.getLevelName(level.upper())
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level!r}")
@@ -51,7 +99,7 @@ def setup_logging(level: str, data_dir: Path | None, filename: str = "herd.jsonl
             handler.close()
     handlers: list[logging.Handler] = []
     console = logging.StreamHandler(sys.stderr)
-    console.setFormatter(
+    console.setFormatter(_Preformatted("console",
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=shared,
             processors=[
@@ -59,7 +107,7 @@ def setup_logging(level: str, data_dir: Path | None, filename: str = "herd.jsonl
                 structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty()),
             ],
         )
-    )
+    ))
     handlers.append(console)
     path = None
     if data_dir is not None:
@@ -68,7 +116,7 @@ def setup_logging(level: str, data_dir: Path | None, filename: str = "herd.jsonl
         file_handler = logging.handlers.TimedRotatingFileHandler(
             path, when="midnight", backupCount=14, encoding="utf-8", utc=True
         )
-        file_handler.setFormatter(
+        file_handler.setFormatter(_Preformatted("json",
             structlog.stdlib.ProcessorFormatter(
                 foreign_pre_chain=shared,
                 processors=[
@@ -77,10 +125,11 @@ def setup_logging(level: str, data_dir: Path | None, filename: str = "herd.jsonl
                     structlog.processors.JSONRenderer(),
                 ],
             )
-        )
+        ))
         handlers.append(file_handler)
     # console and file writes happen on a thread, never on the event loop
-    queue_handler = _PassThroughQueueHandler(queue.SimpleQueue())
+    _queue = queue.SimpleQueue()
+    queue_handler = _PassThroughQueueHandler(_queue)
     queue_handler._herd = True  # type: ignore[attr-defined]
     root.addHandler(queue_handler)
     _listener = logging.handlers.QueueListener(queue_handler.queue, *handlers)
