@@ -163,3 +163,16 @@ def test_every_setting_is_in_the_configuration_reference():
     # a word boundary, so FLEET_PORT is not "found" inside FLEET_PORT_RANGE
     missing = [s.env for s in settings if not re.search(rf"\b{re.escape(s.env)}\b", text)]
     assert not missing, f"docs/configuration.md does not mention: {missing}"
+
+
+def test_every_setting_the_docs_name_exists():
+    host = PluginHost()
+    known = {s.env for s in (*ROUTER_SETTINGS, *NODE_SETTINGS, *host.settings())}
+    for source in (ROOT / "plugin_template").rglob("*.py"):  # the example plugin's own settings
+        known.update(re.findall(r'env="(FLEET_[A-Z0-9_]+)"', source.read_text()))
+    named: dict[str, set[str]] = {}
+    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for name in re.findall(r"\bFLEET_[A-Z0-9_]*[A-Z0-9]\b", path.read_text()):
+            named.setdefault(name, set()).add(path.name)
+    unknown = {name: sorted(where) for name, where in named.items() if name not in known}
+    assert not unknown, f"the docs name settings that do not exist: {unknown}"
