@@ -1,10 +1,11 @@
 """Per ``node:model`` latency history kept in memory: a bounded window of recent samples and the
-p75 derived from it, recomputed when a sample arrives (never while scoring), so a scoring signal
+p75 derived from it, updated when a sample arrives (never while scoring), so a scoring signal
 reads a number in O(1) and the cost of a request never grows with history.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 from collections.abc import Iterable
 
@@ -17,6 +18,7 @@ class LatencyHistory:
     def __init__(self, window: int = WINDOW) -> None:
         self.window = window
         self._samples: dict[tuple[str, str], collections.deque[float]] = {}
+        self._sorted: dict[tuple[str, str], list[float]] = {}  # the same window, in order
         self._p75: dict[tuple[str, str], float] = {}
         self._ttft: dict[tuple[str, str], collections.deque[float]] = {}
 
@@ -24,9 +26,14 @@ class LatencyHistory:
         key = (node_id, model)
         samples = self._samples.get(key)
         if samples is None:
-            samples = self._samples[key] = collections.deque(maxlen=self.window)
+            samples = self._samples[key] = collections.deque()
+            self._sorted[key] = []
+        ordered = self._sorted[key]
+        if len(samples) >= self.window:  # the oldest sample leaves the window
+            del ordered[bisect.bisect_left(ordered, samples.popleft())]
         samples.append(latency_ms)
-        self._p75[key] = _quantile(samples, 0.75)
+        bisect.insort(ordered, latency_ms)
+        self._p75[key] = _nearest_rank(ordered, 0.75)
         if ttft_ms is not None:
             self._ttft.setdefault(key, collections.deque(maxlen=self.window)).append(ttft_ms)
 
@@ -48,7 +55,10 @@ class LatencyHistory:
 
 
 def _quantile(values: Iterable[float], q: float) -> float:
-    ordered = sorted(values)
+    return _nearest_rank(sorted(values), q)
+
+
+def _nearest_rank(ordered: list[float], q: float) -> float:
     if not ordered:
         return 0.0
     # nearest-rank on the window: simple, and stable for small sample counts

@@ -30,3 +30,20 @@ async def test_completed_requests_feed_the_history(herd_router):
                               node_id="n", status=status, http_status=200, latency_ms=latency))
     assert services.latency.p75_ms("n", "m:latest") == 120.0
     assert services.latency.samples("n", "m:latest") == 1
+
+
+def test_incremental_p75_equals_the_p75_of_the_window():
+    import collections
+    import random
+
+    from herd_kernel.latency import _quantile
+
+    rng = random.Random(5)
+    history = LatencyHistory(window=16)
+    window: collections.deque[float] = collections.deque(maxlen=16)
+    for _ in range(500):
+        value = rng.choice([rng.random() * 100, 5.0, 7.0])  # with repeats, as real latencies have
+        history.record("a", "m", value)
+        window.append(value)
+        assert history.p75_ms("a", "m") == _quantile(window, 0.75)
+    assert history.samples("a", "m") == 16
