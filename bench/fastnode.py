@@ -154,8 +154,7 @@ class FastNode(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is no asyncio.Transport
         self.open.add(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -9,6 +9,7 @@ hundreds of microseconds a line and the event loop waits for it on every request
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import datetime as dt
 import json
@@ -17,6 +18,7 @@ import logging.handlers
 import queue
 import sys
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -50,9 +52,57 @@ class _Preformatted(logging.Formatter):
         return self.inner.format(record)
 
 
+_BATCH_S = 0.05  # request lines are handed to the log thread in batches this often
+_MAX_PENDING = 5000  # lines held for the next batch; beyond it they are counted and dropped
+
+
+class _RequestLines:
+    """Request lines waiting for the next batch: one queue put and one write per batch, so the log
+    thread needs the GIL briefly, and a log thread that falls behind cannot grow memory."""
+
+    def __init__(self) -> None:
+        self.console: list[str] = []
+        self.json: list[str] = []
+        self.dropped = 0
+        self.flush_handle: Any = None
+
+    def add(self, console: str, line: str) -> None:
+        if len(self.json) >= _MAX_PENDING:
+            self.dropped += 1
+            return
+        self.console.append(console)
+        self.json.append(line)
+        if self.flush_handle is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop (a script): write at once
+                self.flush()
+                return
+            self.flush_handle = loop.call_later(_BATCH_S, self.flush)
+
+    def flush(self) -> None:
+        self.flush_handle = None
+        if not self.json or _queue is None:
+            return
+        if self.dropped:
+            note = f"{self.dropped} request log lines dropped: the log writer fell behind"
+            self.console.append(note)
+            self.json.append(json.dumps({"event": note, "level": "warning",
+                                         "logger": "herd.request"}))
+            self.dropped = 0
+        record = logging.LogRecord("herd.request", logging.INFO, "", 0, "request", None, None)
+        record.herd_lines = {  # type: ignore[attr-defined]
+            "console": "\n".join(self.console), "json": "\n".join(self.json)}
+        self.console, self.json = [], []
+        _queue.put(record)
+
+
+_lines = _RequestLines()
+
+
 def request_line(fields: dict[str, object]) -> bool:
-    """Log one finished request at INFO, formatted here and written on the log thread. False when
-    logging is not set up (or not at INFO), so the caller can use structlog instead."""
+    """Log one finished request at INFO: formatted here in microseconds, written by the log thread
+    in batches. False when logging is not set up, so the caller can use structlog instead."""
     if _queue is None or not _configured:
         return False
     if logging.getLogger().level > _request_level:
@@ -60,14 +110,11 @@ def request_line(fields: dict[str, object]) -> bool:
     now = dt.datetime.now(dt.UTC)
     stamp = now.isoformat().replace("+00:00", "Z")
     shown = " ".join(f"{k}={v}" for k, v in fields.items() if v is not None)
-    console = f"{now:%Y-%m-%d %H:%M:%S} [info     ] request {' ' * 24}{shown}"
-    record = logging.LogRecord("herd.request", logging.INFO, "", 0, "request", None, None)
-    record.herd_lines = {  # type: ignore[attr-defined]
-        "console": console,
-        "json": json.dumps({"event": "request", **fields, "level": "info",
-                            "logger": "herd.request", "timestamp": stamp}, default=str),
-    }
-    _queue.put(record)
+    _lines.add(
+        f"{now:%Y-%m-%d %H:%M:%S} [info     ] request {' ' * 24}{shown}",
+        json.dumps({"event": "request", **fields, "level": "info", "logger": "herd.request",
+                    "timestamp": stamp}, default=str),
+    )
     return True
 
 
@@ -143,5 +190,6 @@ def setup_logging(level: str, data_dir: Path | None, filename: str = "herd.jsonl
 
 
 def _stop_listener() -> None:
+    _lines.flush()
     if _listener is not None and getattr(_listener, "_thread", None) is not None:
         _listener.stop()

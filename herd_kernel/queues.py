@@ -303,8 +303,8 @@ class QueueManager:
         lane.waiting.append(ticket)
         self.waiting_total += 1
         self.waiting_lanes.add(lane)
-        if self.prewarm_depth > 0 and len(lane.waiting) >= self.prewarm_depth:
-            self._prewarm(ticket, decision)
+        if self.prewarm_depth > 0 and len(lane.waiting) == self.prewarm_depth:
+            self._prewarm(ticket, decision)  # on crossing the depth; the periodic pass re-checks
 
     def _give(self, ticket: Ticket, decision: Decision, lane: Lane) -> None:
         if ticket.future.done():

@@ -4,6 +4,7 @@ with ``--plugins`` plus a ``herd-node`` process in front of a simulated Ollama."
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import signal
@@ -94,7 +95,10 @@ async def test_readme_demo_command_starts_a_fleet_that_answers(tmp_path):
         code, err = await stop(proc)
     assert code == 0, err
     assert "simulated node" in err
-    assert (tmp_path / "logs" / "herd.jsonl").read_text().count('"event": "request"') >= 1
+    lines = [json.loads(line) for line in (tmp_path / "logs" / "herd.jsonl").read_text().splitlines()]
+    requests = [line for line in lines if line["event"] == "request"]
+    assert requests and requests[-1]["status"] == "completed" and requests[-1]["node"]
+    assert requests[-1]["level"] == "info" and requests[-1]["timestamp"].endswith("Z")
 
 
 async def test_router_with_one_plugin_and_a_node_agent_process(tmp_path):

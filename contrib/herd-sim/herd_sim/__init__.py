@@ -11,11 +11,28 @@ errors, slow loads) can be injected per node for testing a router.
         url = fleet.nodes["large"].url
 """
 
-from herd_sim.catalogue import CATALOGUE, PROFILES, ModelSpec, NodeProfile
-from herd_sim.faults import FAULT_KINDS, Fault
-from herd_sim.fleet import SimFleet
-from herd_sim.node import SimNode
+from __future__ import annotations
 
-__all__ = ["CATALOGUE", "FAULT_KINDS", "PROFILES", "Fault", "ModelSpec", "NodeProfile",
-           "SimFleet", "SimNode"]
+import importlib
+from typing import Any
+
+# loaded on first use (PEP 562), so that importing ``herd_sim.sensor`` (a node-agent plugin the
+# router also loads) does not load the whole emulator
+_EXPORTS = {
+    "CATALOGUE": "herd_sim.catalogue", "PROFILES": "herd_sim.catalogue",
+    "ModelSpec": "herd_sim.catalogue", "NodeProfile": "herd_sim.catalogue",
+    "FAULT_KINDS": "herd_sim.faults", "Fault": "herd_sim.faults",
+    "SimFleet": "herd_sim.fleet", "SimNode": "herd_sim.node",
+}
+
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'herd_sim' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

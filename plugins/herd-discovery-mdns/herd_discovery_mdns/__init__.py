@@ -20,12 +20,11 @@ from typing import Any, Self
 
 import aiohttp
 import structlog
-from zeroconf import InterfaceChoice, IPVersion, ServiceStateChange
-from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
 from herd_kernel import auth
 from herd_kernel.config import Config, Setting, SettingError
 from herd_kernel.hookspecs import hookimpl
+from herd_kernel.lazy import lazy
 
 from herd_discovery_mdns.records import (
     DEFAULT_SERVICE_TYPE,
@@ -42,6 +41,14 @@ from herd_discovery_mdns.records import (
     service_txt,
     split_url,
 )
+
+# zeroconf (about 3 MB) loads when discovery first runs, not in every process that loads plugins
+InterfaceChoice = lazy("zeroconf", "InterfaceChoice")
+IPVersion = lazy("zeroconf", "IPVersion")
+ServiceStateChange = lazy("zeroconf", "ServiceStateChange")
+AsyncServiceBrowser = lazy("zeroconf.asyncio", "AsyncServiceBrowser")
+AsyncServiceInfo = lazy("zeroconf.asyncio", "AsyncServiceInfo")
+AsyncZeroconf = lazy("zeroconf.asyncio", "AsyncZeroconf")
 
 __all__ = ["Candidate", "MdnsDiscovery", "rank", "service_txt"]
 

@@ -19,14 +19,16 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import psutil
 import structlog
 from attrs import frozen
 
 from herd_kernel.api import NodeContext
 from herd_kernel.config import Config, Setting, SettingError
 from herd_kernel.hookspecs import hookimpl
+from herd_kernel.lazy import lazy
 from herd_node_capacity.learner import OVERRIDES, CapacityLearner
+
+psutil = lazy("psutil")  # only node agents read it; the router loads this plugin too
 
 __all__ = ["CapacityLearner", "CapacitySensor", "Sample", "SystemSampler", "state_path"]
 

@@ -15,12 +15,14 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import psutil
 from attrs import frozen
 
 from herd_kernel.api import NodeContext
 from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
+from herd_kernel.lazy import lazy
+
+psutil = lazy("psutil")  # only node agents read it; the router loads this plugin too
 
 CLASSES = ("idle", "light", "moderate", "heavy", "intensive")
 
