@@ -309,14 +309,19 @@ class QueueManager:
     def _give(self, ticket: Ticket, decision: Decision, lane: Lane) -> None:
         if ticket.future.done():
             return
-        if ticket.alive is not None and not ticket.alive():
-            lane.abandoned += 1
-            self.abandoned_total += 1
-            self._resolve(ticket, Refused(kind="gone", model=ticket.route.model, waited_s=0.0,
-                                          reason="client disconnected while waiting"))
-            return
         waited = asyncio.get_running_loop().time() - ticket.since
+        if ticket.alive is not None and not ticket.alive():
+            self._abandon(ticket, lane, waited)
+            return
         self._resolve(ticket, (decision, self._grant(lane, waited)))
+
+    def _abandon(self, ticket: Ticket, lane: Lane, waited: float) -> None:
+        """The client left while waiting: count it and wake its handler, never dispatch it."""
+        lane.abandoned += 1
+        self.abandoned_total += 1
+        self._resolve(ticket, Refused(kind="gone", model=ticket.route.model,
+                                      waited_s=round(waited, 3),
+                                      reason="client disconnected while waiting"))
 
     @staticmethod
     def _resolve(ticket: Ticket, result: Any) -> None:
@@ -324,26 +329,28 @@ class QueueManager:
             ticket.future.set_result(result)
 
     def _take(self, lane: Lane) -> Ticket:
+        """The oldest waiter of ``lane``, out of the line."""
         ticket = lane.waiting.popleft()
-        self.waiting_total -= 1
-        if not lane.waiting:
-            self.waiting_lanes.discard(lane)
-        ticket.lane = None
+        self._unlinked(ticket, lane)
         return ticket
 
     def _forget(self, ticket: Ticket) -> None:
+        """Take ``ticket`` out of whichever line it is in."""
         lane = ticket.lane
         if lane is not None:
             try:
                 lane.waiting.remove(ticket)
             except ValueError:
                 return
-            self.waiting_total -= 1
-            if not lane.waiting:
-                self.waiting_lanes.discard(lane)
-            ticket.lane = None
+            self._unlinked(ticket, lane)
         elif ticket in self.held:
             self.held.remove(ticket)
+
+    def _unlinked(self, ticket: Ticket, lane: Lane) -> None:
+        self.waiting_total -= 1
+        if not lane.waiting:
+            self.waiting_lanes.discard(lane)
+        ticket.lane = None
 
     def _wait_reason(self, ticket: Ticket) -> str:
         decision = ticket.decision
@@ -423,11 +430,7 @@ class QueueManager:
                         ticket.route, ticket.decision.model, ticket.exclude, only=node.node_id)
                     if not isinstance(moved, Decision):
                         break
-                    source.waiting.remove(ticket)
-                    self.waiting_total -= 1
-                    if not source.waiting:
-                        self.waiting_lanes.discard(source)
-                    ticket.lane = None
+                    self._forget(ticket)
                     source.moved += 1
                     self.moved_total += 1
                     self.event("rebalanced", model=model, source=source.node_id,
@@ -499,11 +502,7 @@ class QueueManager:
         for lane in list(self.waiting_lanes):
             for ticket in [t for t in lane.waiting if t.alive is not None and not t.alive()]:
                 self._forget(ticket)
-                lane.abandoned += 1
-                self.abandoned_total += 1
-                self._resolve(ticket, Refused(kind="gone", model=ticket.route.model,
-                                              waited_s=now - ticket.since,
-                                              reason="client disconnected while waiting"))
+                self._abandon(ticket, lane, asyncio.get_running_loop().time() - ticket.since)
             if self.prewarm_depth > 0 and len(lane.waiting) >= self.prewarm_depth:
                 head = lane.waiting[0]
                 if isinstance(head.decision, Decision):
