@@ -9,6 +9,7 @@ import json
 
 import aiohttp
 import attrs
+import openai
 import pytest
 from herd_sim import PROFILES, Fault, SimFleet
 
@@ -155,6 +156,30 @@ async def test_hold_timeout_is_503_json_with_retry_after(sims, herd_router, herd
     assert "within 0.3 s" in error["message"] and "busy" in error["message"]
     assert router.services.queues.timeouts_total == 1
     assert chats(node) == 1 and node.stats["requests"].get("/v1/chat/completions", 0) == 0
+
+
+async def test_the_openai_sdk_sees_a_503_and_does_not_retry_on_its_own(
+        sims, herd_router, herd_agent):
+    """The router already waited FLEET_HOLD_TIMEOUT for the client; the SDK's own retries (two by
+    default) would triple that, so the 503 says x-should-retry: false, which the SDK honours."""
+    fleet = await sims(profile("sdk"))
+    node = fleet.nodes["sdk"]
+    router = await herd_over(fleet, herd_router, herd_agent, parallel=1,
+                             env={"FLEET_HOLD_TIMEOUT": "0.2"})
+    node.set_fault(Fault(kind="stall", count=1, after_chunks=1))
+    async with aiohttp.ClientSession() as http:
+        first = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": True}))
+        await wait_for(lambda: node.stats["in_flight"] == 1)
+        client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused")  # 2 retries
+        try:
+            with pytest.raises(openai.InternalServerError) as caught:
+                await client.chat.completions.create(model=MODEL, messages=CHAT["messages"])
+        finally:
+            await client.close()
+        node.clear_faults()
+        assert (await first)[0] == 200
+    assert caught.value.status_code == 503
+    assert router.services.queues.timeouts_total == 1  # one attempt, not three
 
 
 async def test_a_client_that_leaves_while_waiting_never_reaches_a_node(
