@@ -36,6 +36,7 @@ from herd_kernel.plugins import PluginHost
 from herd_kernel.queues import QueueManager
 from herd_kernel.scoring import Scorer
 from herd_kernel.store import TraceStore
+from herd_kernel.upstream import Upstream
 from herd_kernel.wire import BadRequest, api_for_path, error_response, read_json_object
 
 log = structlog.get_logger("herd.router")
@@ -69,6 +70,7 @@ class Services:
         # routing events (context protection, fallbacks...) for health checks and the dashboard
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
+        self.upstream: Upstream  # the routed requests' own lean client, likewise
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
         self.nonces = auth.NonceCache()
         self.router_id = uuid.uuid4().hex[:12]
@@ -378,6 +380,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ),
         auto_decompress=True,
     )
+    services.upstream = Upstream(connect_timeout=config["FLEET_CONNECT_TIMEOUT"],
+                                 read_timeout=config["FLEET_READ_TIMEOUT"])
     await services.store.open()
     services.latency.restore(await services.store.recent_latencies(WINDOW))
     sweeper = asyncio.create_task(services.fleet.run_sweeper(), name="herd-fleet-sweeper")
@@ -398,4 +402,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(sweeper, queue_pass, return_exceptions=True)
         await services.queues.close()
         await services.http.close()
+        await services.upstream.close()
         await services.store.close()

@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
 import attrs
 import structlog
 from aiohttp import web
@@ -24,6 +23,7 @@ from aiohttp import web
 from herd_kernel.models import Attempt, RouteRequest, Trace
 from herd_kernel.queues import Refused, Slot
 from herd_kernel.scoring import Decision, NoRoute
+from herd_kernel.upstream import Response
 from herd_kernel.wire import Api, error_response, stream_error
 
 if TYPE_CHECKING:
@@ -101,7 +101,7 @@ class Pipeline:
             decision, slot = got
             slot.task = asyncio.current_task()
             node = decision.node
-            upstream: aiohttp.ClientResponse | None = None
+            upstream: Response | None = None
             outcome = "failed"
             tokens: int | None = None
             try:
@@ -140,18 +140,18 @@ class Pipeline:
 
     # --- upstream ------------------------------------------------------------------------------
 
-    async def _open(self, base: str, path: str, payload: bytes) -> aiohttp.ClientResponse:
+    async def _open(self, base: str, path: str, payload: bytes) -> Response:
         try:
-            response = await self.services.http.post(
-                base + path, data=payload, headers=self.services.upstream_headers(path, payload)
+            response = await self.services.upstream.post(
+                base, path, payload, self.services.upstream_headers(path, payload)
             )
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        except (TimeoutError, OSError) as exc:  # UpstreamError is an OSError
             raise UpstreamFailed(f"connect: {type(exc).__name__}: {exc}".rstrip(": ")) from None
         if response.status >= 500 or response.status == 404:
             # 5xx: the node is unwell; 404: its model list changed since its last heartbeat
             try:
                 text = (await response.read())[:300].decode("utf-8", "replace")
-            except (TimeoutError, aiohttp.ClientError):
+            except (TimeoutError, OSError):
                 text = ""
             response.release()
             raise UpstreamFailed(f"HTTP {response.status}: {_error_text(text)}", response.status)
@@ -162,7 +162,7 @@ class Pipeline:
         request: web.Request,
         route: RouteRequest,
         decision: Decision,
-        upstream: aiohttp.ClientResponse,
+        upstream: Response,
         attempts: list[Attempt],
         started: float,
         outbound: Outbound,
@@ -173,13 +173,14 @@ class Pipeline:
         headers = self._fleet_headers(route, decision, attempts, slot)
         headers.update(outbound.headers)
         for name in _FORWARD_HEADERS:
-            if name in upstream.headers:
-                headers[name] = upstream.headers[name]
+            value = upstream.headers.get(name.lower())
+            if value is not None:
+                headers[name] = value
 
         if not route.stream or upstream.status >= 400:
             try:
                 payload = await upstream.read()
-            except (TimeoutError, aiohttp.ClientError) as exc:
+            except (TimeoutError, OSError) as exc:
                 raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
             if outbound.on_complete is not None and upstream.status < 400:
                 headers.update(outbound.on_complete(payload))
@@ -197,10 +198,9 @@ class Pipeline:
             }
 
         delimiter = b"\n\n" if route.api == "openai" else b"\n"
-        content = upstream.content
         try:
-            first = await content.readany()
-        except (TimeoutError, aiohttp.ClientError) as exc:
+            first = await upstream.readany()
+        except (TimeoutError, OSError) as exc:
             raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
         if not first:
             raise UpstreamFailed("empty response")
@@ -225,8 +225,8 @@ class Pipeline:
                     if len(tail) > _TAIL:
                         del tail[: len(tail) - _TAIL]
                 try:
-                    chunk = await content.readany()
-                except (TimeoutError, aiohttp.ClientError) as exc:
+                    chunk = await upstream.readany()
+                except (TimeoutError, OSError) as exc:
                     error = f"node {decision.node.node_id} failed mid-stream: {type(exc).__name__}"
                     break
                 if not chunk:
