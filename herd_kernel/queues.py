@@ -267,9 +267,7 @@ class QueueManager:
         if lane.model not in node.loaded:
             if node.heartbeat.memory.pressure != "normal":
                 limit = 1  # a cold load on a machine short of memory: one request at a time
-        available = node.available.get(lane.model)
-        if available is not None and "embedding" in available.capabilities \
-                and "completion" not in available.capabilities:
+        if _embedding_only(node, lane.model):
             limit = 1  # Ollama loads embedding models with one slot
         tuner = lane.tuner
         if tuner is not None and tuner.cap is not None:
@@ -459,6 +457,8 @@ class QueueManager:
             ticket.route, decision.model, {*ticket.exclude, decision.node.node_id})
         if not isinstance(runner, Decision) or runner.model_key in runner.node.loaded:
             return
+        if _embedding_only(runner.node, runner.model_key):
+            return  # no empty generate loads these, and they load in a moment anyway
         key = (runner.node.node_id, runner.model_key)
         now = time.monotonic()
         if self.warming.get(key, 0.0) > now:
@@ -579,6 +579,12 @@ class QueueManager:
                        "prewarms": self.prewarms_total, "abandoned": self.abandoned_total,
                        "hold_timeouts": self.timeouts_total},
         }
+
+
+def _embedding_only(node: NodeState, model: str) -> bool:
+    available = node.available.get(model)
+    return available is not None and "embedding" in available.capabilities \
+        and "completion" not in available.capabilities
 
 
 def _estimated_wait_s(lane: Lane, p75_ms: float | None) -> float | None:

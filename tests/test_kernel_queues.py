@@ -233,6 +233,25 @@ async def test_a_deep_queue_prewarms_the_runner_up_once():
     assert q.moved_total >= 1
 
 
+async def test_embedding_models_are_not_prewarmed():
+    warmed = []
+
+    async def warm(node, model):
+        warmed.append(node.node_id)
+        return None
+
+    embed = {"name": "e", "capabilities": ["embedding"]}
+    q = manager(beat("a", parallel=1, loaded=(embed,)), beat("b", parallel=1, loaded=(), available=(embed,)),
+                signals=[Prefer({"a": 50})], env={"FLEET_PREWARM_DEPTH": "1"}, warm=warm)
+    _, busy = await q.acquire(req("e"))
+    waiter = asyncio.create_task(q.acquire(req("e")))
+    await asyncio.sleep(0.02)
+    assert q.fleet.lane("a", "e:latest").pending == 1 and warmed == [] and q.prewarms_total == 0
+    busy.release(True)
+    _, slot = await waiter
+    slot.release(True)
+
+
 async def test_the_reaper_frees_a_slot_with_no_progress_and_cancels_its_task():
     q = manager(beat("a", parallel=1), env={"FLEET_STALE_TIMEOUT": "0.01"})
 
