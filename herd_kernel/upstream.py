@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import ssl
 import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
@@ -27,7 +28,7 @@ class UpstreamError(ConnectionError):
 
 
 class _Connection(asyncio.Protocol):
-    def __init__(self, pool: Upstream, key: tuple[str, int]) -> None:
+    def __init__(self, pool: Upstream, key: tuple[str, int, bool]) -> None:
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
@@ -259,18 +260,21 @@ class Response:
 class Upstream:
     """Pooled keep-alive connections to nodes."""
 
-    def __init__(self, *, connect_timeout: float, read_timeout: float) -> None:
+    def __init__(self, *, connect_timeout: float, read_timeout: float,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._idle: dict[tuple[str, int], list[_Connection]] = {}
+        self._tls = tls  # for https nodes; the system's trust store when None
+        self._idle: dict[tuple[str, int, bool], list[_Connection]] = {}
 
     async def post(self, base: str, path: str, body: bytes,
                    headers: Mapping[str, str]) -> Response:
         """Send ``POST base+path`` and return once the answer's head has arrived."""
         parts = urlsplit(base)
         host = parts.hostname or "localhost"
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        if parts.scheme != "http":
+        secure = parts.scheme == "https"
+        port = parts.port or (443 if secure else 80)
+        if parts.scheme not in ("http", "https"):
             raise UpstreamError(f"unsupported scheme {parts.scheme!r}")
         prefix = parts.path.rstrip("/")
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -279,7 +283,7 @@ class Upstream:
         lines += [f"{name}: {value}" for name, value in headers.items()
                   if name.lower() not in ("host", "content-length")]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-        key = (host, port)
+        key = (host, port, secure)
         conn = self._reuse(key)
         if conn is not None:
             response = Response(conn, self.read_timeout)
@@ -303,19 +307,25 @@ class Upstream:
             raise
         return response
 
-    async def _connect(self, key: tuple[str, int]) -> _Connection:
+    async def _connect(self, key: tuple[str, int, bool]) -> _Connection:
         loop = asyncio.get_running_loop()
+        host, port, secure = key
+        tls = None
+        if secure:
+            if self._tls is None:
+                self._tls = ssl.create_default_context()
+            tls = self._tls
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _transport, conn = await loop.create_connection(
-                    lambda: _Connection(self, key), key[0], key[1])
+                    lambda: _Connection(self, key), host, port, ssl=tls)
         except TimeoutError:
             raise TimeoutError(f"no connection within {self.connect_timeout:g} s") from None
-        except OSError as exc:
+        except OSError as exc:  # ssl.SSLError is one too
             raise UpstreamError(f"connect: {exc.strerror or exc}") from None
         return conn
 
-    def _reuse(self, key: tuple[str, int]) -> _Connection | None:
+    def _reuse(self, key: tuple[str, int, bool]) -> _Connection | None:
         idle = self._idle.get(key)
         now = time.monotonic()
         while idle:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
+from pathlib import Path
 
 import pytest
 
@@ -23,9 +25,10 @@ class Script:
         self.server = None
         self.writers = []
 
-    async def start(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+    async def start(self, tls=None):
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=tls)
+        scheme = "https" if tls else "http"
+        return f"{scheme}://127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
 
     async def _serve(self, reader, writer):
         self.connections += 1
@@ -180,4 +183,23 @@ async def test_silence_past_the_read_timeout_is_a_timeout():
         await response.readany()
     response.release()
     await upstream.close()
+    await server.stop()
+
+
+async def test_an_https_node_with_its_certificate_checked():
+    data = Path(__file__).parent / "data"
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(data / "loopback-cert.pem", data / "loopback-key.pem")
+    server = Script([body_of("secure")])
+    url = await server.start(server_tls)
+    trusting = ssl.create_default_context(cafile=str(data / "loopback-cert.pem"))
+    upstream = Upstream(connect_timeout=2, read_timeout=2, tls=trusting)
+    response = await upstream.post(url, "/api/chat", b"{}", {})
+    assert await response.read() == b"secure"
+    response.release()
+    await upstream.close()
+    stranger = Upstream(connect_timeout=2, read_timeout=2)  # the system's trust store: refused
+    with pytest.raises(UpstreamError, match="connect"):
+        await stranger.post(url, "/api/chat", b"{}", {})
+    await stranger.close()
     await server.stop()
