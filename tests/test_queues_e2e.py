@@ -63,6 +63,15 @@ async def post(http, url, body, **kw):
         return r.status, dict(r.headers), await r.read()
 
 
+async def occupy(http, router, node):
+    """A streamed request that stalls on ``node`` after its first chunk, holding its only slot
+    until ``node.clear_faults()``; returns the request's future."""
+    node.set_fault(Fault(kind="stall", count=1, after_chunks=1))
+    first = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": True}))
+    await wait_for(lambda: node.stats["in_flight"] == 1)
+    return first
+
+
 async def test_ten_requests_share_one_slot_and_all_complete(sims, herd_router, herd_agent):
     fleet = await sims(profile("solo"), time_scale=0.1)  # ~40 ms a request: they overlap
     router = await herd_over(fleet, herd_router, herd_agent, parallel=1)
@@ -98,10 +107,8 @@ async def test_a_request_waits_for_a_busy_node_and_completes_when_it_frees(
     fleet = await sims(profile("busy"))
     node = fleet.nodes["busy"]
     router = await herd_over(fleet, herd_router, herd_agent, parallel=1)
-    node.set_fault(Fault(kind="stall", count=1, after_chunks=1))  # holds the slot until cleared
     async with aiohttp.ClientSession() as http:
-        first = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": True}))
-        await wait_for(lambda: node.stats["in_flight"] == 1)
+        first = await occupy(http, router, node)  # holds the slot until cleared
         second = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": False}))
         await wait_for(lambda: router.services.queues.waiting_total == 1)
         async with http.get(f"{router.url}/fleet/queue") as r:
@@ -142,10 +149,8 @@ async def test_hold_timeout_is_503_json_with_retry_after(sims, herd_router, herd
     node = fleet.nodes["full"]
     router = await herd_over(fleet, herd_router, herd_agent, parallel=1,
                              env={"FLEET_HOLD_TIMEOUT": "0.3"})
-    node.set_fault(Fault(kind="stall", count=1, after_chunks=1))
     async with aiohttp.ClientSession() as http:
-        first = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": True}))
-        await wait_for(lambda: node.stats["in_flight"] == 1)
+        first = await occupy(http, router, node)
         async with http.post(f"{router.url}/v1/chat/completions",
                              json={"model": MODEL, "messages": CHAT["messages"]}) as r:
             assert r.status == 503
@@ -166,10 +171,8 @@ async def test_the_openai_sdk_sees_a_503_and_does_not_retry_on_its_own(
     node = fleet.nodes["sdk"]
     router = await herd_over(fleet, herd_router, herd_agent, parallel=1,
                              env={"FLEET_HOLD_TIMEOUT": "0.2"})
-    node.set_fault(Fault(kind="stall", count=1, after_chunks=1))
     async with aiohttp.ClientSession() as http:
-        first = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": True}))
-        await wait_for(lambda: node.stats["in_flight"] == 1)
+        first = await occupy(http, router, node)
         client = openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused")  # 2 retries
         try:
             with pytest.raises(openai.InternalServerError) as caught:
@@ -187,10 +190,8 @@ async def test_a_client_that_leaves_while_waiting_never_reaches_a_node(
     fleet = await sims(profile("gate"))
     node = fleet.nodes["gate"]
     router = await herd_over(fleet, herd_router, herd_agent, parallel=1)
-    node.set_fault(Fault(kind="stall", count=1, after_chunks=1))
     async with aiohttp.ClientSession() as http:
-        first = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": True}))
-        await wait_for(lambda: node.stats["in_flight"] == 1)
+        first = await occupy(http, router, node)
         async with aiohttp.ClientSession() as leaver:
             quitter = asyncio.ensure_future(post(leaver, router.url, {**CHAT, "stream": False}))
             await wait_for(lambda: router.services.queues.waiting_total == 1)
@@ -215,10 +216,8 @@ async def test_deep_queue_prewarms_the_runner_up_and_the_rebalancer_moves_work_t
     router = await herd_over(fleet, herd_router, herd_agent, parallel=1,
                              plugins="signal-thermal,backend-ollama",
                              env={"FLEET_PREWARM_DEPTH": "2"})
-    fleet.nodes["hot"].set_fault(Fault(kind="stall", count=1, after_chunks=1))
     async with aiohttp.ClientSession() as http:
-        first = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": True}))
-        await wait_for(lambda: fleet.nodes["hot"].stats["in_flight"] == 1)
+        first = await occupy(http, router, fleet.nodes["hot"])
         rest = [asyncio.ensure_future(post(http, router.url, CHAT)) for _ in range(4)]
         # pre-warm: an empty generate loads the model on the runner-up, as Ollama does
         async def spare_ps():
