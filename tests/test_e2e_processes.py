@@ -91,6 +91,10 @@ async def test_readme_demo_command_starts_a_fleet_that_answers(tmp_path):
         assert reply.message.content.strip()
         status = await fleet_status(url)
         assert status["fleet"]["nodes_total"] >= 3
+        # each simulated machine's agent reports its OLLAMA_NUM_PARALLEL: the queue limit
+        assert {n["node_id"]: n["ollama"]["num_parallel"] for n in status["nodes"]} == {
+            n["node_id"]: PROFILES[n["node_id"].removeprefix("sim-")].num_parallel
+            for n in status["nodes"]}
     finally:
         code, err = await stop(proc)
     assert code == 0, err

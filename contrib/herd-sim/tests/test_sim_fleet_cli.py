@@ -85,6 +85,9 @@ async def test_run_starts_agents_and_terminates_them(tmp_path):
     urls = [c[0][c[0].index("--ollama-host") + 1] for c in spawned]
     assert all(u.startswith("http://127.0.0.1:") for u in urls)
     assert all(c[1]["FLEET_NODE_SIM_HARDWARE"] == "1" and c[0][-1] == "--a=1" for c in spawned)
+    # each agent reports its simulated machine's OLLAMA_NUM_PARALLEL, the router's queue limit
+    assert [c[1]["FLEET_NODE_OLLAMA_NUM_PARALLEL"] for c in spawned] == [
+        str(PROFILES["small"].num_parallel), str(PROFILES["tiny"].num_parallel)]
     assert all(proc.returncode == -signal.SIGTERM for _c, _e, proc in spawned)
 
 
