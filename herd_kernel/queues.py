@@ -47,6 +47,7 @@ from herd_kernel.scoring import Decision, NoRoute, Scorer, elimination_reason
 log = structlog.get_logger("herd.queues")
 
 Warm = Callable[[NodeState, str], Awaitable[str | None]]  # (node, model) -> error or None
+_COLD_HEADROOM = 1.5  # free memory, as a multiple of the model's size, for a parallel cold load
 _WARM_RETRY_S = 60.0  # a pre-warm of one node:model is not tried again sooner
 
 
@@ -264,8 +265,11 @@ class QueueManager:
         limit = ollama.num_parallel if ollama is not None and ollama.num_parallel > 0 \
             else self.default_limit
         limit = min(limit, self.max_limit)
-        if lane.model not in node.loaded:
-            if node.heartbeat.memory.pressure != "normal":
+        if lane.model not in node.loaded and limit > 1:
+            memory = node.heartbeat.memory
+            available = node.available.get(lane.model)
+            size_gb = available.size_bytes / 2**30 if available is not None else 0.0
+            if memory.pressure != "normal" or memory.available_gb < size_gb * _COLD_HEADROOM:
                 limit = 1  # a cold load on a machine short of memory: one request at a time
         if _embedding_only(node, lane.model):
             limit = 1  # Ollama loads embedding models with one slot

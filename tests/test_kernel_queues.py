@@ -69,6 +69,15 @@ def test_embedding_models_and_cold_loads_under_pressure_run_one_at_a_time():
     assert q.limit_for(b, q.fleet.lane("b", "m:latest")) == 4  # already loaded: unchanged
 
 
+def test_a_cold_load_that_barely_fits_in_free_memory_runs_one_at_a_time():
+    big = {"name": "big", "size_bytes": 20 * 2**30}
+    small = {"name": "small", "size_bytes": 2 * 2**30}
+    q = manager(beat("a", parallel=4, loaded=(), available=(big, small), memory_gb=32.0))
+    node = q.fleet.nodes["a"]  # 28 GB free: 1.5 x 20 GB does not fit, 1.5 x 2 GB does
+    assert q.limit_for(node, q.fleet.lane("a", "big:latest")) == 1
+    assert q.limit_for(node, q.fleet.lane("a", "small:latest")) == 4
+
+
 def test_tuner_caps_a_lane_when_side_by_side_does_not_pay_and_probes_back():
     tuner = ConcurrencyTuner()
     for _ in range(8):
