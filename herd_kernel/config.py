@@ -238,6 +238,14 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         "wait.",
     ),
     Setting(
+        env="FLEET_MAX_QUEUE",
+        type=int,
+        default=512,
+        help="Requests that may wait at once (in all node:model queues and the holding queue); "
+        "more get 503 at once with Ollama's 'maximum pending requests exceeded', as "
+        "OLLAMA_MAX_QUEUE does. Bounds the memory that waiting bodies hold.",
+    ),
+    Setting(
         env="FLEET_DEFAULT_CONCURRENCY",
         type=int,
         default=1,

@@ -317,12 +317,15 @@ class Pipeline:
             self._finish(route, started, None, attempts, None, status="client_disconnected",
                          http_status=499, error_message=refused.reason)
             return error_response(route.api, 499, refused.reason)
-        message = (f"no node could take model '{route.model}' within "
-                   f"{self.services.queues.hold_timeout:g} s: {refused.reason}")
         retry_after = self.services.queues.retry_after(route.model)
-        # the router already waited for the client: an SDK should not retry on its own at once
-        headers = {"X-Request-Id": route.request_id, "Retry-After": str(retry_after),
-                   "x-should-retry": "false"}
+        headers = {"X-Request-Id": route.request_id, "Retry-After": str(retry_after)}
+        if refused.kind == "full":  # Ollama's own words when its queue is full
+            message = "server busy, please try again.  maximum pending requests exceeded"
+        else:
+            message = (f"no node could take model '{route.model}' within "
+                       f"{self.services.queues.hold_timeout:g} s: {refused.reason}")
+            # the router already waited for the client: an SDK should not retry on its own
+            headers["x-should-retry"] = "false"
         self._finish(route, started, None, attempts, None, status="rejected", http_status=503,
                      error_message=message)
         return error_response(route.api, 503, message, headers=headers)

@@ -53,7 +53,8 @@ _WARM_RETRY_S = 60.0  # a pre-warm of one node:model is not tried again sooner
 
 @frozen(kw_only=True)
 class Refused:
-    """A request that waited and did not get a slot: ``timeout`` (503) or ``gone`` (client left)."""
+    """A request that got no slot: ``timeout`` (waited ``FLEET_HOLD_TIMEOUT``, 503), ``full``
+    (``FLEET_MAX_QUEUE`` requests already waiting, 503 at once) or ``gone`` (client left)."""
 
     kind: str
     model: str
@@ -178,6 +179,7 @@ class QueueManager:
         self.interval = max(0.01, float(config["FLEET_REBALANCE_INTERVAL"]))
         self.prewarm_depth = int(config["FLEET_PREWARM_DEPTH"])
         self.stale_timeout = float(config["FLEET_STALE_TIMEOUT"])
+        self.max_waiting = max(0, int(config["FLEET_MAX_QUEUE"]))
         self.warm = warm
         self.event = event or (lambda kind, **fields: None)
         self.held: list[Ticket] = []
@@ -190,6 +192,7 @@ class QueueManager:
         self.prewarms_total = 0
         self.abandoned_total = 0
         self.timeouts_total = 0
+        self.full_total = 0
         self._pump_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         fleet.watchers.append(self._fleet_changed)
@@ -217,6 +220,10 @@ class QueueManager:
             return Refused(kind="timeout", model=route.model, waited_s=0.0,
                            reason=f"{decision.node.node_id} is at its concurrency limit")
 
+        if self.waiting_total + len(self.held) >= self.max_waiting:
+            self.full_total += 1
+            return Refused(kind="full", model=route.model, waited_s=0.0,
+                           reason=f"{self.max_waiting} requests are already waiting")
         loop = asyncio.get_running_loop()
         ticket = Ticket(route, exclude, alive, loop.create_future(), loop.time())
         self._wait(ticket, decision)
@@ -581,7 +588,7 @@ class QueueManager:
             "in_flight": len(self.active),
             "totals": {"reaped": self.reaped_total, "moved": self.moved_total,
                        "prewarms": self.prewarms_total, "abandoned": self.abandoned_total,
-                       "hold_timeouts": self.timeouts_total},
+                       "hold_timeouts": self.timeouts_total, "queue_full": self.full_total},
         }
 
 

@@ -159,6 +159,20 @@ async def test_no_wait_when_hold_timeout_is_zero():
     assert isinstance(result, Refused) and result.kind == "timeout" and result.waited_s == 0
 
 
+async def test_a_full_queue_refuses_at_once():
+    q = manager(beat("a", parallel=1), env={"FLEET_MAX_QUEUE": "2"})
+    _, slot = await q.acquire(req())
+    waiters = [asyncio.create_task(q.acquire(req())) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    refused = await q.acquire(req())
+    assert isinstance(refused, Refused) and refused.kind == "full" and q.full_total == 1
+    assert q.waiting_total == 2  # the two already waiting keep their places
+    slot.release(True)
+    for task in waiters:
+        _, s = await task
+        s.release(True)
+
+
 async def test_hold_timeout_refuses_and_leaves_the_queue_clean():
     q = manager(beat("a", parallel=1), env={"FLEET_HOLD_TIMEOUT": "0.05"})
     await q.acquire(req())

@@ -163,6 +163,25 @@ async def test_hold_timeout_is_503_json_with_retry_after(sims, herd_router, herd
     assert chats(node) == 1 and node.stats["requests"].get("/v1/chat/completions", 0) == 0
 
 
+async def test_a_full_queue_answers_503_at_once_in_ollamas_words(sims, herd_router, herd_agent):
+    fleet = await sims(profile("packed"))
+    node = fleet.nodes["packed"]
+    router = await herd_over(fleet, herd_router, herd_agent, parallel=1,
+                             env={"FLEET_MAX_QUEUE": "1"})
+    async with aiohttp.ClientSession() as http:
+        first = await occupy(http, router, node)
+        waiting = asyncio.ensure_future(post(http, router.url, {**CHAT, "stream": False}))
+        await wait_for(lambda: router.services.queues.waiting_total == 1)
+        status, headers, body = await post(http, router.url, {**CHAT, "stream": False})
+        node.clear_faults()
+        assert (await first)[0] == 200 and (await waiting)[0] == 200
+    assert status == 503 and int(headers["Retry-After"]) >= 1
+    assert json.loads(body) == {
+        "error": "server busy, please try again.  maximum pending requests exceeded"}
+    assert "x-should-retry" not in headers  # nothing was waited for: a client may retry
+    assert chats(node) == 2
+
+
 async def test_the_openai_sdk_sees_a_503_and_does_not_retry_on_its_own(
         sims, herd_router, herd_agent):
     """The router already waited FLEET_HOLD_TIMEOUT for the client; the SDK's own retries (two by
