@@ -55,7 +55,7 @@ class Lane:
     through lanes; the scorer reads ``in_flight`` and ``pending``."""
 
     __slots__ = ("node_id", "model", "limit", "in_flight", "waiting", "completed", "failed",
-                 "reaped", "moved", "abandoned", "tuner")
+                 "reaped", "moved", "abandoned", "tuner", "busy_area", "busy_at")
 
     def __init__(self, node_id: str, model: str) -> None:
         self.node_id = node_id
@@ -69,6 +69,18 @@ class Lane:
         self.moved = 0  # waiting requests the rebalancer sent to another node
         self.abandoned = 0  # clients that left while waiting here
         self.tuner: Any = None
+        # the integral of in_flight over time, so a request's mean concurrency is a subtraction
+        self.busy_area = 0.0
+        self.busy_at = time.monotonic()
+
+    def busy_integral(self, now: float) -> float:
+        """Request-seconds run in this lane up to ``now`` (monotonic)."""
+        return self.busy_area + self.in_flight * (now - self.busy_at)
+
+    def _account(self) -> None:
+        now = time.monotonic()
+        self.busy_area += self.in_flight * (now - self.busy_at)
+        self.busy_at = now
 
     @property
     def pending(self) -> int:
@@ -226,11 +238,13 @@ class Fleet:
         return lane
 
     def started(self, lane: Lane) -> None:
+        lane._account()
         lane.in_flight += 1
         self.node_in_flight[lane.node_id] = self.node_in_flight.get(lane.node_id, 0) + 1
 
     def finished(self, lane: Lane, ok: bool | None) -> None:
         """``ok`` None: the slot was given back unused (its client left before dispatch)."""
+        lane._account()
         lane.in_flight -= 1
         if ok:
             lane.completed += 1

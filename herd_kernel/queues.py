@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
@@ -66,7 +67,7 @@ class Slot:
     """One running request's place in a lane. ``touch()`` on every relayed chunk tells the reaper
     the request is alive; ``release()`` once at the end (again is harmless)."""
 
-    __slots__ = ("manager", "lane", "started", "progress", "concurrency", "waited_s", "reaped",
+    __slots__ = ("manager", "lane", "started", "progress", "busy_start", "waited_s", "reaped",
                  "released", "task")
 
     def __init__(self, manager: QueueManager, lane: Lane, now: float, waited_s: float) -> None:
@@ -74,7 +75,7 @@ class Slot:
         self.lane = lane
         self.started = now
         self.progress = now
-        self.concurrency = lane.in_flight  # requests running in the lane, this one included
+        self.busy_start = lane.busy_integral(now)  # for the mean concurrency over its life
         self.waited_s = waited_s
         self.reaped = False
         self.released = False
@@ -106,16 +107,17 @@ class Ticket:
 class ConcurrencyTuner:
     """Learns whether running a lane's requests side by side raises its throughput.
 
-    Each finished request gives its time per generated token and how many requests ran in the lane
-    when it started. Throughput at concurrency ``c`` is ``c / t_c`` against ``1 / t_1`` alone, so
-    the gain is ``c * t_1 / t_c``. When, over enough samples, side by side gives less than
-    ``MIN_GAIN`` (10 %) more throughput, the cap drops below the concurrency measured; every
-    ``PROBE_AFTER`` requests at the cap it rises by one to look again (the node may have been busy
-    with something else).
+    Each finished request gives its time per generated token, and how many requests ran in the lane
+    on average while it ran (itself included). Throughput at concurrency ``c`` is ``c / t_c``
+    against ``1 / t_1`` alone, so the gain is ``c * t_1 / t_c``. When, over enough samples, each
+    request beside the first adds less than ``MIN_GAIN_PER_REQUEST`` (10 %) of one request's
+    throughput (four at once giving less than 1.3 times the tokens per second of one), the cap
+    drops below the concurrency measured. Every ``PROBE_AFTER`` requests at the cap it rises by one
+    to look again (the node may have been busy with something else).
     """
 
     MIN_SAMPLES = 8
-    MIN_GAIN = 1.1
+    MIN_GAIN_PER_REQUEST = 0.1  # each request beside the first must add 10 % of one's throughput
     PROBE_AFTER = 200
     ALPHA = 0.2  # weight of a new sample in the moving averages
 
@@ -130,20 +132,21 @@ class ConcurrencyTuner:
         self.shared_at = 0.0  # mean concurrency of the shared samples
         self.since_change = 0
 
-    def observe(self, concurrency: int, ms_per_token: float) -> None:
+    def observe(self, concurrency: float, ms_per_token: float) -> None:
+        """``concurrency``: the mean number of requests running in the lane while this one ran."""
         self.since_change += 1
-        if concurrency <= 1:
+        if concurrency < 1.5:
             self.solo = _ewma(self.solo, ms_per_token, self.ALPHA)
             self.solo_n += 1
         else:
             self.shared = _ewma(self.shared, ms_per_token, self.ALPHA)
-            self.shared_at = _ewma(self.shared_at or None, float(concurrency), self.ALPHA)
+            self.shared_at = _ewma(self.shared_at or None, concurrency, self.ALPHA)
             self.shared_n += 1
         if self.solo_n >= self.MIN_SAMPLES and self.shared_n >= self.MIN_SAMPLES:
             assert self.solo is not None and self.shared is not None
             gain = self.shared_at * self.solo / self.shared
-            if gain < self.MIN_GAIN:
-                self.cap = max(1, int(self.shared_at) - 1)
+            if gain < 1 + self.MIN_GAIN_PER_REQUEST * (self.shared_at - 1):
+                self.cap = max(1, math.ceil(self.shared_at) - 1)
                 self._reset()
                 return
         if self.cap is not None and self.since_change >= self.PROBE_AFTER:
@@ -256,12 +259,16 @@ class QueueManager:
         slot.released = True
         self.active.discard(slot)
         lane = slot.lane
-        self.fleet.finished(lane, ok)
         if ok and self.adaptive and completion_tokens and completion_tokens >= 8:
-            ms_per_token = (time.monotonic() - slot.started) * 1000 / completion_tokens
-            if lane.tuner is None:
-                lane.tuner = ConcurrencyTuner()
-            lane.tuner.observe(slot.concurrency, ms_per_token)
+            now = time.monotonic()
+            elapsed = now - slot.started
+            if elapsed > 0:
+                # requests running beside this one, on average over its life, itself included
+                concurrency = (lane.busy_integral(now) - slot.busy_start) / elapsed
+                if lane.tuner is None:
+                    lane.tuner = ConcurrencyTuner()
+                lane.tuner.observe(concurrency, elapsed * 1000 / completion_tokens)
+        self.fleet.finished(lane, ok)
         if self.waiting_total or self.held:
             self._schedule()
 

@@ -297,3 +297,25 @@ async def test_fleet_status_carries_the_same_queue_numbers(sims, herd_router, he
     assert queue["queues"][key]["limit"] == 3 and queue["queues"][key]["completed"] == 1
     assert queue["models"][MODEL]["slots_free"] == 3
     assert queue["models"][MODEL]["estimated_wait_s"] == 0.0
+
+
+@pytest.mark.parametrize(("slowdown", "lowered"), [(1.0, True), (0.1, False)])
+async def test_concurrency_follows_measured_throughput(sims, herd_router, herd_agent, slowdown,
+                                                       lowered):
+    """A node whose requests only slow each other down (slowdown 1.0: four at once take four
+    times as long each) gets a lower limit; one where running side by side pays keeps its four."""
+    fleet = await sims(profile("tuned", parallel_slowdown=slowdown), time_scale=0.2)
+    router = await herd_over(fleet, herd_router, herd_agent, parallel=4)
+    body = {**CHAT, "stream": False, "options": {"num_predict": 24}}
+    async with aiohttp.ClientSession() as http:
+        for _ in range(9):  # alone: the baseline time per token
+            assert (await post(http, router.url, body))[0] == 200
+        for _ in range(3):  # four at a time
+            results = await asyncio.gather(*(post(http, router.url, body) for _ in range(4)))
+            assert [s for s, _h, _b in results] == [200] * 4
+        async with http.get(f"{router.url}/fleet/queue") as r:
+            lane = (await r.json())["queues"][f"tuned:{MODEL}"]
+    if lowered:
+        assert lane["limit"] < 4
+    else:
+        assert lane["limit"] == 4 and lane["throughput_gain"] > 2

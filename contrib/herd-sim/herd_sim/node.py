@@ -45,8 +45,6 @@ _REQUEST_FAULT: contextvars.ContextVar[Fault | None] = contextvars.ContextVar(
 
 # what a runner crash looks like when Ollama reports it
 RUNNER_ERROR = "llama runner process has terminated: exit status 2"
-# per extra concurrent request on the same model, each one decodes this much slower
-PARALLEL_SLOWDOWN = 0.25
 
 
 @attrs.define
@@ -291,7 +289,7 @@ class SimNode:
         sharing the model: bigger models are proportionally slower, parallel requests slow
         each other down a little."""
         rate = self.profile.tokens_per_s * REFERENCE_SIZE_BYTES / spec.size_bytes
-        return rate / (1 + PARALLEL_SLOWDOWN * max(0, active - 1))
+        return rate / (1 + self.profile.parallel_slowdown * max(0, active - 1))
 
     async def sleep(self, simulated_s: float) -> None:
         if self.time_scale > 0 and simulated_s > 0:
