@@ -10,7 +10,7 @@ import collections
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,20 +88,29 @@ class Services:
         node's LAN proxy can tell the router from anyone else."""
         return auth.json_headers(self.config["FLEET_SECRET"], method, path, body)
 
+    async def node_post(
+        self, node: NodeState, path: str, payload: Mapping[str, Any], timeout: float
+    ) -> tuple[int, bytes]:
+        """POST a JSON command of the router's own (a pre-warm, a pull) to a node's Ollama,
+        signed like routed requests; its status and body. Raises ``TimeoutError``,
+        ``aiohttp.ClientError`` or ``OSError`` when the node cannot be reached."""
+        body = json.dumps(payload).encode()
+        async with self.http.post(
+            node.ollama_url + path, data=body, headers=self.upstream_headers(path, body),
+            timeout=aiohttp.ClientTimeout(total=timeout),
+        ) as response:
+            return response.status, await response.read()
+
     async def warm(self, node: NodeState, model: str) -> str | None:
         """Load ``model`` on ``node`` (Ollama loads a model on an empty generate request); the
         error, or None once it is in memory."""
-        path = "/api/generate"
-        body = json.dumps({"model": model, "prompt": "", "stream": False}).encode()
         try:
-            async with self.http.post(
-                node.ollama_url + path, data=body, headers=self.upstream_headers(path, body),
-                timeout=aiohttp.ClientTimeout(total=self.config["FLEET_READ_TIMEOUT"]),
-            ) as response:
-                text = await response.text()
+            status, body = await self.node_post(
+                node, "/api/generate", {"model": model, "prompt": "", "stream": False},
+                self.config["FLEET_READ_TIMEOUT"])
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"
-        return None if response.status == 200 else f"HTTP {response.status}: {text[:200]}"
+        return None if status == 200 else f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
 
     def event(self, kind: str, **fields: Any) -> None:
         """Remember a routing event; bounded, in memory, never awaited."""

@@ -79,18 +79,13 @@ def pull_target(nodes: list[NodeState]) -> NodeState | None:
 
 async def pull(services: Any, node: NodeState, model: str, timeout: float) -> str | None:
     """Pull ``model`` on ``node``; returns None on success, else the reason it failed."""
-    body = json.dumps({"model": model, "stream": False}).encode()
     try:
-        async with services.http.post(
-            f"{node.ollama_url}/api/pull",
-            data=body,
-            headers=services.upstream_headers("/api/pull", body),
-            timeout=aiohttp.ClientTimeout(total=timeout),
-        ) as response:
-            body = await response.json(content_type=None)
-            if response.status == 200 and isinstance(body, dict) and body.get("status") == "success":
-                return None
-            error = body.get("error") if isinstance(body, dict) else None
-            return str(error or f"HTTP {response.status}")
+        status, raw = await services.node_post(
+            node, "/api/pull", {"model": model, "stream": False}, timeout)
+        body = json.loads(raw) if raw.strip() else None
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
+    if status == 200 and isinstance(body, dict) and body.get("status") == "success":
+        return None
+    error = body.get("error") if isinstance(body, dict) else None
+    return str(error or f"HTTP {status}")
