@@ -552,16 +552,10 @@ class QueueManager:
 
     def retry_after(self, model: str, latency: Any = None) -> int:
         """Whole seconds a client refused for ``model`` should wait before trying again."""
-        latency = latency or self.scorer.latency
-        key = normalize_model(model)
-        best: float | None = None
-        for (node_id, lane_model), lane in self.fleet.queues.items():
-            if lane_model != key:
-                continue
-            wait = _estimated_wait_s(lane, latency.p75_ms(node_id, lane_model))
-            if wait is not None and (best is None or wait < best):
-                best = wait
-        return max(1, min(60, int(-(-(best if best is not None else 5.0) // 1))))
+        # only refusals ask, so the whole snapshot (its best lane for the model) is cheap enough
+        totals = self.snapshot(latency or self.scorer.latency)["models"].get(normalize_model(model))
+        best = totals["estimated_wait_s"] if totals else None
+        return max(1, min(60, math.ceil(best if best is not None else 5.0)))
 
     def snapshot(self, latency: Any) -> dict[str, Any]:
         """Per ``node:model`` numbers, per-model totals with an estimated wait, and fleet totals;
