@@ -37,7 +37,13 @@ from herd_kernel.queues import QueueManager
 from herd_kernel.scoring import Scorer
 from herd_kernel.store import TraceStore
 from herd_kernel.upstream import Upstream
-from herd_kernel.wire import BadRequest, api_for_path, error_response, read_json_object
+from herd_kernel.wire import (
+    REQUEST_ID,
+    BadRequest,
+    api_for_path,
+    error_response,
+    read_json_object,
+)
 
 log = structlog.get_logger("herd.router")
 request_log = structlog.get_logger("herd.request")
@@ -72,7 +78,9 @@ class Services:
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
         self.upstream: Upstream  # the routed requests' own lean client, likewise
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
+        self.body_timeout = float(config["FLEET_BODY_TIMEOUT"])
         self.nonces = auth.NonceCache()
+        self.draining = False  # set by ``drain``: new requests get 503, the router is stopping
         self.router_id = uuid.uuid4().hex[:12]
         self._notify_traces = host.has_impls("herd_request_finished")
         if host.has_impls("herd_node_status_changed"):
@@ -82,6 +90,13 @@ class Services:
                 )
             )
         self.fleet.listeners.append(_log_status_change)
+
+    async def read_json(
+        self, request: web.Request, max_bytes: int | None = None
+    ) -> tuple[bytes, dict[str, Any]]:
+        """A request's whole JSON body, read under ``FLEET_MAX_BODY_MB`` (or ``max_bytes``) and
+        ``FLEET_BODY_TIMEOUT``, and parsed as Ollama's Go decoder would; raises ``BadRequest``."""
+        return await read_json_object(request, max_bytes or self.max_body, self.body_timeout)
 
     def upstream_headers(self, path: str, body: bytes, method: str = "POST") -> dict[str, str]:
         """Headers for a request to a node: signed with the fleet secret when there is one, so a
@@ -160,7 +175,10 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     try:
         return await handler(request)
     except BadRequest as exc:
-        return error_response(api, exc.status, exc.message)
+        response = error_response(api, exc.status, exc.message)
+        if exc.status in (408, 413):
+            response.force_close()  # the rest of the body is not worth reading
+        return response
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
@@ -173,8 +191,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:  # noqa: BLE001 - the client gets a JSON 500, the log gets the traceback
-        log.exception("unhandled error", path=request.path, method=request.method)
-        return error_response(api, 500, "internal router error")
+        request_id = request.get(REQUEST_ID) or request.headers.get("X-Request-Id", "")[:64]
+        log.exception("unhandled error", path=request.path, method=request.method,
+                      request_id=request_id or None)
+        return error_response(api, 500, "internal router error",
+                              headers={"X-Request-Id": request_id} if request_id else None)
 
 
 def _allow(exc: web.HTTPException) -> dict[str, str] | None:
@@ -188,7 +209,7 @@ def _allow(exc: web.HTTPException) -> dict[str, str] | None:
 async def heartbeat(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     try:
-        raw, body = await read_json_object(request, _HEARTBEAT_MAX_BYTES)
+        raw, body = await services.read_json(request, _HEARTBEAT_MAX_BYTES)
         secret = services.config["FLEET_SECRET"]
         if secret:
             problem = auth.verify(
@@ -361,6 +382,84 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
             app.router.add_route(route.method, route.path, route.handler, name=route.name)
     app.cleanup_ctx.append(_lifecycle)
     return app
+
+
+# --- serving -------------------------------------------------------------------------------------
+
+_LINGER_S = 2.0  # after a 413 or 408, read (and drop) what the client still sends, this long
+
+
+async def serve(app: web.Application, host: str, port: int, *,
+                reuse_address: bool | None = None) -> tuple[web.AppRunner, web.TCPSite]:
+    """Listen on ``host:port`` with the router's connection rules: idle keep-alive connections
+    close after ``FLEET_KEEPALIVE_TIMEOUT``, a new connection that has not sent a whole request
+    head within ``FLEET_HEADER_TIMEOUT`` is closed, and a client that left cancels its handler. The
+    CLI and the test fixtures both start the router here."""
+    services = app[SERVICES]
+    config = services.config
+    sweeper: list[asyncio.Task[None]] = []
+
+    async def stop_sweeper(_app: web.Application) -> None:
+        for task in sweeper:
+            task.cancel()
+        await asyncio.gather(*sweeper, return_exceptions=True)
+
+    app.on_shutdown.append(stop_sweeper)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, handler_cancellation=True,
+        keepalive_timeout=config["FLEET_KEEPALIVE_TIMEOUT"], lingering_time=_LINGER_S,
+        shutdown_timeout=1.0,  # what is still open after ``drain`` is ended, not waited for
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=reuse_address)
+    await site.start()
+    assert runner.server is not None
+    sweeper.append(asyncio.create_task(
+        _close_slow_heads(runner.server, config["FLEET_HEADER_TIMEOUT"]), name="herd-head-timeout"))
+    return runner, site
+
+
+async def _close_slow_heads(server: web.Server, timeout: float) -> None:
+    """Close connections that have not completed their first request head within ``timeout``
+    seconds (a client trickling header bytes, or connecting and saying nothing). Connections that
+    have had a request are governed by the keep-alive timeout instead."""
+    if timeout <= 0:
+        return
+    loop = asyncio.get_running_loop()
+    first_seen: dict[Any, float] = {}
+    while True:
+        await asyncio.sleep(max(0.05, min(1.0, timeout / 4)))
+        now = loop.time()
+        seen: dict[Any, float] = {}
+        for handler in server.connections:
+            if handler._request_count:  # aiohttp's count of complete request heads
+                continue
+            since = seen[handler] = first_seen.get(handler, now)
+            if now - since > timeout:
+                log.info("closing a connection that sent no complete request",
+                         peer=handler.peername, after_s=round(now - since, 1))
+                handler.force_close()
+        first_seen = seen
+
+
+async def drain(runner: web.AppRunner, grace: float) -> None:
+    """Stop listening, refuse new requests on open connections (503, connection closed), give
+    running and waiting requests ``grace`` seconds, then end what is left: streams get an
+    in-stream error in their own format, waiting requests a 503."""
+    services = runner.app[SERVICES]
+    services.draining = True
+    for site in list(runner.sites):
+        await site.stop()
+    queues = services.queues
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + max(0.0, grace)
+    while (queues.active or queues.waiting_total or queues.held) and loop.time() < deadline:
+        await asyncio.sleep(0.05)
+    left = queues.end_all("the router is shutting down")
+    if left:
+        log.warning("shutdown grace over; ended open requests", requests=left, grace_s=grace)
+        while queues.active and loop.time() < deadline + 2.0:  # their error frames go out
+            await asyncio.sleep(0.02)
 
 
 async def _announce(services: Services) -> list[Any]:

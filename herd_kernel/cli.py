@@ -181,14 +181,11 @@ def _settings_text(config: Config) -> str:
 
 
 async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespace) -> int:
-    from herd_kernel.app import create_app
+    from herd_kernel.app import create_app, drain, serve
 
     app = create_app(config, host)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
-    await runner.setup()
     bind, port = config["FLEET_HOST"], config["FLEET_PORT"]
-    site = web.TCPSite(runner, bind, port, reuse_address=True)
-    await site.start()
+    runner, _site = await serve(app, bind, port, reuse_address=True)
     local = f"http://127.0.0.1:{port}"
     stop = asyncio.Event()
     _on_signals(stop.set)
@@ -221,6 +218,9 @@ async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespa
               file=sys.stderr)
         await stop.wait()
     finally:
+        print("Herd stopping: finishing requests (FLEET_SHUTDOWN_GRACE "
+              f"{config['FLEET_SHUTDOWN_GRACE']:g} s)", file=sys.stderr)
+        await drain(runner, config["FLEET_SHUTDOWN_GRACE"])
         for closer in reversed(background):
             await closer()
         await runner.cleanup()

@@ -197,6 +197,49 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         help="Largest request body accepted, in MiB (images travel base64 inside JSON).",
     ),
     Setting(
+        env="FLEET_BODY_TIMEOUT",
+        type=float,
+        default=30.0,
+        help="Seconds a client may go silent while sending a request body before it gets 408 "
+        "and the connection is closed.",
+    ),
+    Setting(
+        env="FLEET_HEADER_TIMEOUT",
+        type=float,
+        default=30.0,
+        help="Seconds a new connection may take to send its first complete request head before "
+        "it is closed (slow or half-open clients cannot hold sockets forever).",
+    ),
+    Setting(
+        env="FLEET_KEEPALIVE_TIMEOUT",
+        type=float,
+        default=75.0,
+        help="Seconds an idle keep-alive client connection stays open between requests (a "
+        "request head started in that time must also be complete by then).",
+    ),
+    Setting(
+        env="FLEET_SHUTDOWN_GRACE",
+        type=float,
+        default=10.0,
+        help="On SIGTERM or Ctrl-C: seconds running requests get to finish (new ones get 503) "
+        "before open streams are ended with an in-stream error and the router exits.",
+    ),
+    Setting(
+        env="FLEET_MAX_FRAME_MB",
+        type=float,
+        default=16.0,
+        help="Largest single NDJSON line or SSE event a node may stream, in MiB; a longer one "
+        "ends the stream with an in-stream error (a node that never sends a newline cannot grow "
+        "the router's memory).",
+    ),
+    Setting(
+        env="FLEET_MAX_RESPONSE_MB",
+        type=float,
+        default=256.0,
+        help="Largest non-streamed answer a node may send, in MiB (it is read whole before it is "
+        "relayed, so that a node that fails half-way can still be retried); larger gets 502.",
+    ),
+    Setting(
         env="FLEET_TRACE_RETENTION_DAYS",
         type=float,
         default=30.0,

@@ -219,6 +219,17 @@ class Fleet:
         state.unloaded_at.pop(model_key, None)
         self._changed()
 
+    def forget_model(self, node_id: str, model_key: str) -> None:
+        """A node answered that it does not have ``model_key`` (deleted since its last heartbeat):
+        stop offering it there until a heartbeat says otherwise."""
+        state = self.nodes.get(node_id)
+        if state is None:
+            return
+        if state.loaded.pop(model_key, None) is not None:
+            state.unloaded_at[model_key] = self.clock()
+        if state.available.pop(model_key, None) is not None or model_key in state.unloaded_at:
+            self._changed()
+
     # --- reads ---------------------------------------------------------------------------------
 
     def routable(self) -> Iterator[NodeState]:

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -23,7 +24,7 @@ from aiohttp import web
 from herd_kernel.models import Attempt, RouteRequest, Trace
 from herd_kernel.queues import Refused, Slot
 from herd_kernel.scoring import Decision, NoRoute
-from herd_kernel.upstream import Response
+from herd_kernel.upstream import AnswerTooLarge, Response
 from herd_kernel.wire import Api, error_response, stream_error
 
 if TYPE_CHECKING:
@@ -48,10 +49,24 @@ class Outbound:
 
 
 class UpstreamFailed(Exception):
-    def __init__(self, reason: str, status: int | None = None) -> None:
+    """An attempt that failed before anything reached the client; ``node_fault`` False when the
+    node is not to blame (it only lost the model, or was busy)."""
+
+    def __init__(self, reason: str, status: int | None = None, *, node_fault: bool = True) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
+        self.node_fault = node_fault
+
+
+_ERROR_BODY_LIMIT = 1024 * 1024  # an error answer longer than this is not an error message
+# Ollama's wording when a model is not on the node ("model 'x' not found", 'model "x" not found,
+# try pulling it first')
+_MODEL_GONE = re.compile(r"""model ['"].*['"] not found""")
+# a 500 that is the request's fault, not the node's: Ollama reports some bad options that way
+_CLIENT_FAULT = re.compile(
+    r"must be of type|cannot unmarshal|invalid (?:character|option|value|input|think)|"
+    r"does not support|is too short|out of range", re.IGNORECASE)
 
 
 _ID_PREFIX = os.urandom(4).hex()  # this process's; the counter makes each id unique within it
@@ -66,6 +81,9 @@ def new_request_id() -> str:
 class Pipeline:
     def __init__(self, services: Services) -> None:
         self.services = services
+        config = services.config
+        self.max_frame = int(config["FLEET_MAX_FRAME_MB"] * 2**20)
+        self.max_response = int(config["FLEET_MAX_RESPONSE_MB"] * 2**20)
 
     async def proxy(
         self,
@@ -84,6 +102,8 @@ class Pipeline:
         services = self.services
         started = time.monotonic()
         attempts: list[Attempt] = []
+        if services.draining:
+            return self._stopping(route, started, attempts, "the router is shutting down")
         exclude: set[str] = set()
         max_retries = services.config["FLEET_MAX_RETRIES"]
         alive = _client_alive(request)
@@ -102,60 +122,91 @@ class Pipeline:
             slot.task = asyncio.current_task()
             node = decision.node
             upstream: Response | None = None
-            outcome = "failed"
+            node_ok: bool | None = False  # for the lane: completed, failed, or not the node's doing
             tokens: int | None = None
             try:
                 outbound = prepare(decision)
-                upstream = await self._open(node.ollama_url, upstream_path, outbound.body)
+                upstream, early = await self._open(decision, upstream_path, outbound.body)
                 slot.touch()
                 response, fields = await self._relay(
-                    request, route, decision, upstream, attempts, started, outbound, slot
+                    request, route, decision, upstream, early, attempts, started, outbound, slot
                 )
-                outcome = fields["status"]
+                node_ok = fields.pop("node_ok")
                 tokens = fields.get("completion_tokens")
             except (UpstreamFailed, asyncio.CancelledError) as exc:
                 if isinstance(exc, asyncio.CancelledError):
-                    if not slot.reaped:
+                    if slot.ended is None:
                         self._finish(route, started, decision, attempts, slot,
                                      status="client_disconnected", http_status=499,
                                      error_message="request cancelled")
                         raise
-                    # the reaper ended an attempt that made no progress: nothing was sent yet
+                    # the router ended it (reaper, shutdown) before anything reached the client
                     asyncio.current_task().uncancel()  # type: ignore[union-attr]
+                    if not slot.reaped:
+                        return self._stopping(route, started, attempts, slot.ended)
                     exc = UpstreamFailed(f"no progress for {services.queues.stale_timeout:g} s "
                                          "(reaped)")
-                # nothing has reached the client yet: try the next-best node
+                elif not exc.node_fault:
+                    node_ok = None
+                # nothing has reached the client yet: try the next-best node, never this one again
                 attempts.append(Attempt(node_id=node.node_id, outcome=exc.reason, status=exc.status))
                 exclude.add(node.node_id)
                 if len(attempts) > max_retries:
                     return self._all_failed(route, attempts, started)
-                log.info("retrying on another node", node=node.node_id, reason=exc.reason)
+                log.info("retrying on another node", node=node.node_id, reason=exc.reason,
+                         request_id=route.request_id)
                 continue
+            except Exception:
+                log.exception("request failed in the router", request_id=route.request_id,
+                              node=node.node_id)
+                self._finish(route, started, decision, attempts, slot, status="failed",
+                             http_status=500, error_message="internal router error")
+                raise
             finally:
-                if upstream is not None:
-                    upstream.release()
-                slot.release(outcome == "completed", tokens)
+                # the slot first: nothing below may keep a node's place taken
+                try:
+                    slot.release(node_ok, tokens)
+                finally:
+                    if upstream is not None:
+                        upstream.release()
             self._finish(route, started, decision, attempts, slot, **fields)
             return response
 
     # --- upstream ------------------------------------------------------------------------------
 
-    async def _open(self, base: str, path: str, payload: bytes) -> Response:
+    async def _open(
+        self, decision: Decision, path: str, payload: bytes
+    ) -> tuple[Response, bytes | None]:
+        """Send the request; the node's answer once its head is in, with its body already read
+        when it is an error that goes back to the client as it is. Raises ``UpstreamFailed`` when
+        another node should be tried: the node cannot be reached, dropped the connection, is
+        unwell (5xx), busy (408, 429) or no longer has the model (404)."""
+        node = decision.node
         try:
             response = await self.services.upstream.post(
-                base, path, payload, self.services.upstream_headers(path, payload)
+                node.ollama_url, path, payload, self.services.upstream_headers(path, payload)
             )
         except (TimeoutError, OSError) as exc:  # UpstreamError is an OSError
-            raise UpstreamFailed(f"connect: {type(exc).__name__}: {exc}".rstrip(": ")) from None
-        if response.status >= 500 or response.status == 404:
-            # 5xx: the node is unwell; 404: its model list changed since its last heartbeat
-            try:
-                text = (await response.read())[:300].decode("utf-8", "replace")
-            except (TimeoutError, OSError):
-                text = ""
+            step = "dropped after sending" if getattr(exc, "sent", False) else "connect"
+            raise UpstreamFailed(f"{step}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+        status = response.status
+        if status < 400:
+            return response, None
+        try:
+            body = await response.read(_ERROR_BODY_LIMIT)
+        except (TimeoutError, OSError, AnswerTooLarge) as exc:
             response.release()
-            raise UpstreamFailed(f"HTTP {response.status}: {_error_text(text)}", response.status)
-        return response
+            raise UpstreamFailed(f"HTTP {status}, then {type(exc).__name__}", status) from None
+        message = _error_text(body[:2048].decode("utf-8", "replace"))
+        if status == 404 and _MODEL_GONE.search(message):
+            # its model list changed since its last heartbeat: forget the model there at once
+            self.services.fleet.forget_model(node.node_id, decision.model_key)
+            response.release()
+            raise UpstreamFailed(f"model gone: HTTP 404: {message}", 404, node_fault=False)
+        if status in (408, 429) or (status >= 500 and not _CLIENT_FAULT.search(message)):
+            response.release()
+            raise UpstreamFailed(f"HTTP {status}: {message}", status, node_fault=status >= 500)
+        return response, body  # the client's own mistake: Ollama's answer, as it is
 
     async def _relay(
         self,
@@ -163,13 +214,15 @@ class Pipeline:
         route: RouteRequest,
         decision: Decision,
         upstream: Response,
+        early: bytes | None,
         attempts: list[Attempt],
         started: float,
         outbound: Outbound,
         slot: Slot,
     ) -> tuple[web.StreamResponse, dict[str, Any]]:
         """Relay the answer. ``ttft_ms`` runs from the request's arrival to the first streamed
-        byte; a non-streaming answer has none (it arrives whole)."""
+        byte; a non-streaming answer has none (it arrives whole). ``early``: an error body
+        ``_open`` already read, relayed as it is."""
         headers = self._fleet_headers(route, decision, attempts, slot)
         headers.update(outbound.headers)
         for name in _FORWARD_HEADERS:
@@ -177,11 +230,19 @@ class Pipeline:
             if value is not None:
                 headers[name] = value
 
-        if not route.stream or upstream.status >= 400:
-            try:
-                payload = await upstream.read()
-            except (TimeoutError, OSError) as exc:
-                raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
+        if early is not None or not route.stream:
+            payload = early
+            if payload is None:
+                try:
+                    payload = await upstream.read(self.max_response)
+                except (TimeoutError, OSError) as exc:
+                    raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
+                except AnswerTooLarge as exc:  # another node would send as much: no retry
+                    message = (f"node {decision.node.node_id}: {exc} (FLEET_MAX_RESPONSE_MB); "
+                               "ask for less, or stream it")
+                    return error_response(route.api, 502, message), {
+                        "status": "failed", "http_status": 502, "error_message": message,
+                        "node_ok": None}
             if outbound.on_complete is not None and upstream.status < 400:
                 headers.update(outbound.on_complete(payload))
             response = web.Response(status=upstream.status, body=payload, headers=headers)
@@ -194,6 +255,7 @@ class Pipeline:
                 "status": status,
                 "http_status": upstream.status,
                 "error_message": error,
+                "node_ok": True,  # an answer, or the client's own mistake: the node did its job
                 **fields,
             }
 
@@ -211,6 +273,7 @@ class Pipeline:
         tail = bytearray()
         error: str | None = None
         status = "completed"
+        max_frame = self.max_frame
         try:
             await response.prepare(request)
             while True:
@@ -218,12 +281,17 @@ class Pipeline:
                 if cut >= 0:
                     frame = pending[: cut + len(delimiter)]
                     pending = pending[cut + len(delimiter) :]
-                    await response.write(frame)
+                    await response.write(frame)  # waits while the client's buffer is full
                     if outbound.observe is not None:
                         outbound.observe(frame)
                     tail += frame
                     if len(tail) > _TAIL:
                         del tail[: len(tail) - _TAIL]
+                if len(pending) > max_frame:
+                    error = (f"node {decision.node.node_id} sent a frame over "
+                             f"{max_frame / 2**20:g} MiB (FLEET_MAX_FRAME_MB); the stream was ended")
+                    pending = b""
+                    break
                 try:
                     chunk = await upstream.readany()
                 except (TimeoutError, OSError) as exc:
@@ -244,12 +312,11 @@ class Pipeline:
             status = "client_disconnected"
             error = "client disconnected"
         except asyncio.CancelledError:
-            if not slot.reaped:
+            if slot.ended is None:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
-            status = "reaped"
-            error = (f"node {decision.node.node_id} made no progress for "
-                     f"{self.services.queues.stale_timeout:g} s; the request was ended")
+            status = "reaped" if slot.reaped else "ended"
+            error = slot.ended
             try:  # the client may be the one that stopped reading: give up quickly
                 async with asyncio.timeout(1.0):
                     await response.write(stream_error(route.api, error))
@@ -264,6 +331,9 @@ class Pipeline:
             "http_status": upstream.status,
             "ttft_ms": ttft_ms,
             "error_message": error,
+            # a client that left or a router that stopped is not the node's failure
+            "node_ok": True if status in ("completed", "client_disconnected", "ended")
+            else False,
             **counts,
         }
 
@@ -294,9 +364,10 @@ class Pipeline:
         started: float,
         not_found: Callable[[str], str],
     ) -> web.Response:
-        if attempts:
+        gone = decision.kind == "unknown_model" and all(a.status == 404 for a in attempts)
+        if attempts and not gone:
             return self._all_failed(route, attempts, started)
-        if decision.kind == "unknown_model":
+        if decision.kind == "unknown_model":  # also: every node that had it has lost it
             message = not_found(route.model)
             status = 404
         else:
@@ -310,9 +381,22 @@ class Pipeline:
                      error_message=message)
         return error_response(route.api, status, message, headers=headers)
 
+    def _stopping(
+        self, route: RouteRequest, started: float, attempts: list[Attempt], reason: str
+    ) -> web.Response:
+        """503 while the router shuts down; the connection closes with it."""
+        self._finish(route, started, None, attempts, None, status="rejected", http_status=503,
+                     error_message=reason)
+        response = error_response(route.api, 503, reason,
+                                  headers={"X-Request-Id": route.request_id, "Retry-After": "5"})
+        response.force_close()
+        return response
+
     def _refused(
         self, route: RouteRequest, refused: Refused, attempts: list[Attempt], started: float
     ) -> web.Response:
+        if refused.kind == "shutdown":
+            return self._stopping(route, started, attempts, refused.reason)
         if refused.kind == "gone":
             self._finish(route, started, None, attempts, None, status="client_disconnected",
                          http_status=499, error_message=refused.reason)
@@ -383,7 +467,10 @@ class Pipeline:
             original_model=route.original_model or route.model,
             details=dict(details or {}),
         )
-        self.services.record(trace)
+        try:
+            self.services.record(trace)
+        except Exception:  # noqa: BLE001 - a broken plugin hook must not fail a served request
+            log.exception("recording a trace failed", request_id=route.request_id)
 
 
 def _client_alive(request: web.Request) -> Callable[[], bool]:

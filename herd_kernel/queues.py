@@ -55,7 +55,8 @@ _WARM_RETRY_S = 60.0  # a pre-warm of one node:model is not tried again sooner
 @frozen(kw_only=True)
 class Refused:
     """A request that got no slot: ``timeout`` (waited ``FLEET_HOLD_TIMEOUT``, 503), ``full``
-    (``FLEET_MAX_QUEUE`` requests already waiting, 503 at once) or ``gone`` (client left)."""
+    (``FLEET_MAX_QUEUE`` requests already waiting, 503 at once), ``gone`` (client left) or
+    ``shutdown`` (the router is stopping, 503)."""
 
     kind: str
     model: str
@@ -68,7 +69,7 @@ class Slot:
     the request is alive; ``release()`` once at the end (again is harmless)."""
 
     __slots__ = ("manager", "lane", "started", "progress", "busy_start", "waited_s", "reaped",
-                 "released", "task")
+                 "released", "task", "ended")
 
     def __init__(self, manager: QueueManager, lane: Lane, now: float, waited_s: float) -> None:
         self.manager = manager
@@ -79,7 +80,8 @@ class Slot:
         self.waited_s = waited_s
         self.reaped = False
         self.released = False
-        self.task: asyncio.Task[Any] | None = None  # cancelled by the reaper
+        self.task: asyncio.Task[Any] | None = None  # cancelled by the reaper or at shutdown
+        self.ended: str | None = None  # why the router cancelled ``task`` (reaper, shutdown)
 
     def touch(self) -> None:
         self.progress = time.monotonic()
@@ -527,9 +529,29 @@ class QueueManager:
                     self._prewarm(head, head.decision)
         self.pump()
 
+    def end_all(self, reason: str) -> int:
+        """End every waiting and running request (the router is stopping): waiters get
+        ``Refused(kind="shutdown")``, running handlers are cancelled with ``slot.ended`` set, so
+        the pipeline ends their streams with an in-stream error. Returns how many there were."""
+        count = 0
+        tickets = [*self.held, *(t for lane in self.waiting_lanes for t in lane.waiting)]
+        for ticket in tickets:
+            self._forget(ticket)
+            self._resolve(ticket, Refused(kind="shutdown", model=ticket.route.model,
+                                          waited_s=0.0, reason=reason))
+            count += 1
+        for slot in list(self.active):
+            if slot.task is not None and not slot.task.done():
+                slot.ended = reason
+                slot.task.cancel()
+                count += 1
+        return count
+
     def _reap(self, slot: Slot, now: float) -> None:
         lane = slot.lane
         slot.reaped = True
+        slot.ended = (f"node {lane.node_id} made no progress for {self.stale_timeout:g} s; "
+                      "the request was ended")
         lane.reaped += 1
         self.reaped_total += 1
         log.warning("reaping a request with no progress", node=lane.node_id, model=lane.model,

@@ -132,7 +132,7 @@ class RunningRouter:
 @pytest.fixture
 async def herd_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[RunningRouter]]]:
     """Factory: start a real router on 127.0.0.1 with the selected plugins."""
-    from herd_kernel.app import create_app
+    from herd_kernel.app import create_app, serve
 
     runners: list[web.AppRunner] = []
 
@@ -144,10 +144,7 @@ async def herd_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[R
         host = make_host(plugins, extra)
         config = make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "router"), **(env or {})})
         app = create_app(config, host)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, handler_cancellation=True)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
+        runner, site = await serve(app, "127.0.0.1", 0)
         runners.append(runner)
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         return RunningRouter(url=f"http://127.0.0.1:{port}", app=app, runner=runner)

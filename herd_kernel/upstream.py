@@ -6,8 +6,13 @@ one call and decodes ``Content-Length`` or chunked bodies as bytes arrive. Every
 router sends to nodes (pre-warm, pulls) still goes through aiohttp.
 
 Connections are kept alive and pooled per node address; one the node closed while it sat idle
-leaves the pool at once, and a request that meets a closed reused connection before any byte of
-the answer is sent again once on a new connection (the node never saw it).
+leaves the pool at once. A request is never sent twice: when a reused connection drops after the
+request was written, the node may have started on it, so the caller hears ``UpstreamError`` with
+``sent=True`` and decides (the pipeline counts it as an attempt and moves to another node).
+
+Reading is flow-controlled: once ``_HIGH_WATER`` bytes of the answer wait unread (a client that
+reads slowly), the socket to the node stops being read until the buffer drains below
+``_LOW_WATER``, so a fast node cannot grow the router's memory; TCP tells the node to wait.
 """
 
 from __future__ import annotations
@@ -21,10 +26,21 @@ from urllib.parse import urlsplit
 
 _IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 _MAX_HEAD = 64 * 1024
+_HIGH_WATER = 256 * 1024  # unread answer bytes held before the node's socket is paused
+_LOW_WATER = 64 * 1024
 
 
 class UpstreamError(ConnectionError):
-    """The node refused, closed or garbled the connection."""
+    """The node refused, closed or garbled the connection. ``sent``: the request had been written
+    (the node may be running it), so sending it again could run it twice."""
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class AnswerTooLarge(Exception):
+    """A whole answer larger than the caller's limit."""
 
 
 class _Connection(asyncio.Protocol):
@@ -77,6 +93,8 @@ class Response:
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._got_bytes = False
+        self._buffered = 0  # decoded body bytes not read yet
+        self._paused = False
         self.keep_alive = True
         self.status = 0
         self.headers: dict[str, str] = {}
@@ -94,7 +112,22 @@ class Response:
         except UpstreamError as exc:
             self._error = exc
             self._conn.close()
+        if self._buffered > _HIGH_WATER and not self._paused:
+            transport = self._conn.transport
+            if transport is not None and not transport.is_closing():
+                transport.pause_reading()
+                self._paused = True
         self._wake()
+
+    def _resume(self) -> None:
+        self._paused = False
+        transport = self._conn.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _take(self, data: bytes | bytearray) -> None:
+        self._body.append(bytes(data))
+        self._buffered += len(data)
 
     def _lost(self, exc: Exception | None) -> None:
         if self._head_done and self._framing == "close" and not self._complete:
@@ -156,7 +189,7 @@ class Response:
         if self._framing == "length":
             take = min(len(buffer), self._remaining)
             if take:
-                self._body.append(bytes(buffer[:take]))
+                self._take(buffer[:take])
                 del buffer[:take]
                 self._remaining -= take
             if self._remaining == 0:
@@ -164,7 +197,7 @@ class Response:
             return
         if self._framing == "close":
             if buffer:
-                self._body.append(bytes(buffer))
+                self._take(buffer)
                 buffer.clear()
             return
         while buffer:  # chunked
@@ -183,7 +216,7 @@ class Response:
                 self._chunk_state = "data" if self._remaining else "trailers"
             elif self._chunk_state == "data":
                 take = min(len(buffer), self._remaining)
-                self._body.append(bytes(buffer[:take]))
+                self._take(buffer[:take])
                 del buffer[:take]
                 self._remaining -= take
                 if self._remaining == 0:
@@ -232,14 +265,29 @@ class Response:
                 return b""
             await self._wait()
         if len(self._body) == 1:
-            return self._body.popleft()
-        data = b"".join(self._body)
-        self._body.clear()
+            data = self._body.popleft()
+        else:
+            data = b"".join(self._body)
+            self._body.clear()
+        self._buffered -= len(data)
+        if self._paused and self._buffered <= _LOW_WATER:
+            self._resume()
         return data
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; ``AnswerTooLarge`` (and the connection closed) past ``limit`` bytes."""
+        if limit is not None and self._framing == "length":
+            declared = int(self.headers["content-length"]) if "content-length" in self.headers else 0
+            if declared > limit:
+                self._conn.close()
+                raise AnswerTooLarge(f"the answer is {declared} bytes (limit {limit})")
         parts = []
+        size = 0
         while chunk := await self.readany():
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self._conn.close()
+                raise AnswerTooLarge(f"the answer is over {limit} bytes")
             parts.append(chunk)
         return b"".join(parts)
 
@@ -250,6 +298,8 @@ class Response:
             return
         conn.response = None
         if self._complete and self.keep_alive and not self._buffer and not conn.closed:
+            if self._paused:
+                self._resume()
             conn.pool._put(conn)
         else:
             conn.close()
@@ -270,10 +320,13 @@ class Upstream:
     async def post(self, base: str, path: str, body: bytes,
                    headers: Mapping[str, str]) -> Response:
         """Send ``POST base+path`` and return once the answer's head has arrived."""
-        parts = urlsplit(base)
-        host = parts.hostname or "localhost"
-        secure = parts.scheme == "https"
-        port = parts.port or (443 if secure else 80)
+        try:
+            parts = urlsplit(base)
+            host = parts.hostname or "localhost"
+            secure = parts.scheme == "https"
+            port = parts.port or (443 if secure else 80)
+        except ValueError as exc:  # a port out of range, a broken IPv6 literal
+            raise UpstreamError(f"bad node URL {base[:80]!r}: {exc}") from None
         if parts.scheme not in ("http", "https"):
             raise UpstreamError(f"unsupported scheme {parts.scheme!r}")
         prefix = parts.path.rstrip("/")
@@ -284,16 +337,7 @@ class Upstream:
                   if name.lower() not in ("host", "content-length")]
         request = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
         key = (host, port, secure)
-        conn = self._reuse(key)
-        if conn is not None:
-            response = Response(conn, self.read_timeout)
-            try:
-                return await self._send(conn, response, request)
-            except UpstreamError:
-                if response._got_bytes:
-                    raise
-                # a pooled connection the node had closed: once more, on a new one
-        conn = await self._connect(key)
+        conn = self._reuse(key) or await self._connect(key)
         return await self._send(conn, Response(conn, self.read_timeout), request)
 
     async def _send(self, conn: _Connection, response: Response, request: bytes) -> Response:
@@ -302,6 +346,9 @@ class Upstream:
         conn.transport.write(request)
         try:
             await response._head()
+        except UpstreamError as exc:
+            response.release()
+            raise UpstreamError(f"{exc} (after the request was sent)", sent=True) from None
         except BaseException:
             response.release()
             raise
@@ -330,7 +377,9 @@ class Upstream:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < _IDLE_S:
+            transport = conn.transport
+            if not conn.closed and now - conn.idle_since < _IDLE_S and transport is not None \
+                    and not transport.is_closing():
                 return conn
             conn.close()
         return None

@@ -4,12 +4,19 @@ was called (Ollama native or OpenAI), in-stream errors, and request parsing help
 
 from __future__ import annotations
 
+import asyncio
 import json
+import math
 from typing import Any, Literal
 
 from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError, PayloadEncodingError
+from aiohttp.web_protocol import RequestPayloadError
 
 Api = Literal["ollama", "openai"]
+
+#: The id of the request being handled, set by the route that parsed it, for error logs.
+REQUEST_ID = web.RequestKey("herd_request_id", str)
 
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 401: "authentication_error"}
 _JSON = "application/json; charset=utf-8"
@@ -55,25 +62,135 @@ class BadRequest(Exception):
         self.status = status
 
 
-async def read_json_object(request: web.Request, max_bytes: int) -> tuple[bytes, dict[str, Any]]:
-    """Read the body once and parse it; raise BadRequest with the message a client should see."""
-    if request.content_length is not None and request.content_length > max_bytes:
-        raise BadRequest(f"request body too large (limit {max_bytes} bytes)", 413)
+async def read_body(request: web.Request, max_bytes: int, idle_timeout: float | None = None) -> bytes:
+    """The whole body, however it arrives (any number of writes, ``Content-Length`` or chunked,
+    ``gzip``/``deflate``, which aiohttp inflates a bounded piece at a time as it is read), or
+    ``BadRequest``: 413 past ``max_bytes`` (counted after inflation, so a small bomb stops at the
+    limit), 408 when the client goes silent for ``idle_timeout`` seconds mid-body."""
+    declared = request.content_length
+    if declared is not None and declared > max_bytes:
+        raise BadRequest(_too_large(max_bytes), 413)
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _ENCODINGS:
+        raise BadRequest(f"unsupported Content-Encoding {encoding[:40]!r}: send the body plain, "
+                         "gzip or deflate", 415)
+    content = request.content
+    parts: list[bytes] = []
+    size = 0
     try:
-        raw = await request.content.read(max_bytes + 1)
-    except ValueError as exc:
+        while True:
+            if idle_timeout:
+                async with asyncio.timeout(idle_timeout):
+                    chunk = await content.readany()
+            else:
+                chunk = await content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > max_bytes:
+                raise BadRequest(_too_large(max_bytes), 413)
+            parts.append(chunk)
+    except TimeoutError:
+        raise BadRequest(f"request body not received: nothing arrived for {idle_timeout:g} s",
+                         408) from None
+    except (ContentEncodingError, PayloadEncodingError, RequestPayloadError) as exc:
+        cause = getattr(exc, "message", "") or str(exc)
+        raise BadRequest(f"request body could not be read: {' '.join(str(cause).split())}") \
+            from None
+    except ValueError as exc:  # aiohttp's own size limit
         raise BadRequest(str(exc), 413) from None
-    if len(raw) > max_bytes:
-        raise BadRequest(f"request body too large (limit {max_bytes} bytes)", 413)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+
+
+def _too_large(max_bytes: int) -> str:
+    return f"request body too large (limit {max_bytes} bytes; FLEET_MAX_BODY_MB)"
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """Parse a request body as Go's ``encoding/json`` (which Ollama uses) would accept it.
+
+    - Numbers must be JSON numbers that fit a float64: ``NaN``, ``Infinity``, ``1e400`` and integers
+      longer than a float can hold are refused, as Go refuses them. Integers beyond int64 become
+      floats, as Go's ``any`` makes them.
+    - Nesting deeper than Python's recursion allows (about 900 levels; Go allows 10,000) is
+      refused with a 400, never a crash.
+    - Top-level keys match case-insensitively and the last one wins, as Go matches struct fields:
+      ``{"model": "a", "MODEL": "b"}`` means model ``b`` on a real Ollama, so it does here. The
+      returned object then has each such key once, lower-cased, with the value Go would use.
+    """
     if not raw.strip():
         raise BadRequest("missing request body")
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        body = _decode(raw)
+    except RecursionError:
+        raise BadRequest("invalid JSON in request body: nested too deeply") from None
+    except UnicodeDecodeError:
+        raise BadRequest("invalid JSON in request body: not UTF-8") from None
+    except ValueError as exc:  # JSONDecodeError, or a number the hooks refused
         raise BadRequest(f"invalid JSON in request body: {exc}") from None
     if not isinstance(body, dict):
         raise BadRequest(f"request body must be a JSON object, not {_json_kind(body)}")
-    return raw, body
+    for key in body:
+        if key.lower() != key:
+            return _fold_keys(raw)
+    return body
+
+
+async def read_json_object(
+    request: web.Request, max_bytes: int, idle_timeout: float | None = None
+) -> tuple[bytes, dict[str, Any]]:
+    """Read the body whole and parse it; raise BadRequest with the message a client should see."""
+    raw = await read_body(request, max_bytes, idle_timeout)
+    return raw, parse_json_object(raw)
+
+
+_MAX_FLOAT_DIGITS = 309  # longer integers cannot be a finite float64
+
+
+def _parse_int(text: str) -> int | float:
+    digits = len(text) - (text[0] == "-")
+    if digits <= 18:
+        return int(text)
+    if digits > _MAX_FLOAT_DIGITS:
+        raise ValueError(f"number {text[:12]}... ({digits} digits) is out of range")
+    value = int(text)
+    return value if -(2**63) <= value < 2**63 else float(value)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:24]} is out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _decode(raw: bytes, **hooks: Any) -> Any:
+    return json.loads(raw, parse_int=_parse_int, parse_float=_parse_float,
+                      parse_constant=_parse_constant, **hooks)
+
+
+def _fold_keys(raw: bytes) -> dict[str, Any]:
+    """Re-read ``raw`` keeping the top-level pairs in document order, and fold them as Go does."""
+    top: list[tuple[str, Any]] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        nonlocal top
+        top = items  # the outermost object is the last one the decoder finishes
+        return dict(items)
+
+    _decode(raw, object_pairs_hook=pairs)
+    folded: dict[str, Any] = {}
+    for key, value in top:
+        folded.pop(key.lower(), None)  # the last spelling wins, in its document position
+        folded[key.lower()] = value
+    return folded
 
 
 def _json_kind(value: Any) -> str:

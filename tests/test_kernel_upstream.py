@@ -203,3 +203,76 @@ async def test_an_https_node_with_its_certificate_checked():
         await stranger.post(url, "/api/chat", b"{}", {})
     await stranger.close()
     await server.stop()
+
+
+# --- never twice, bounded memory, bad URLs ---------------------------------------------------------
+
+
+async def test_a_reused_connection_dropped_after_the_request_is_never_resent(client):
+    server = Script([body_of("one"), b""], close_after=2)  # reads the second request, then hangs up
+    url = await server.start()
+    first = await client.post(url, "/", b"", {})
+    assert await first.read() == b"one"
+    first.release()
+    with pytest.raises(UpstreamError) as caught:
+        await client.post(url, "/api/chat", b"{}", {})
+    assert caught.value.sent is True  # the caller knows the node may be running it
+    assert len(server.requests) == 2 and server.connections == 1  # sent once, not again
+    await server.stop()
+
+
+async def test_a_fast_node_is_paused_while_the_reader_is_slow(client):
+    total = 24 * 1024 * 1024
+    written = 0
+
+    async def flood(reader, writer):
+        nonlocal written
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+                     b"Connection: close\r\n\r\n")
+        line = b"x" * 1023 + b"\n"
+        try:
+            while written < total:
+                writer.write(line * 64)
+                written += len(line) * 64
+                await writer.drain()  # blocks while the router does not read
+        except ConnectionError:
+            pass
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    response = await client.post(f"http://127.0.0.1:{port}", "/", b"", {})
+    await asyncio.sleep(0.5)  # the node writes as fast as it can; nobody reads
+    held = response._buffered
+    assert held <= 512 * 1024  # the high-water mark plus what one read brings
+    assert written < total // 2  # TCP made the node wait
+    received = 0
+    while chunk := await response.readany():
+        received += len(chunk)
+    assert received == total  # nothing lost by pausing
+    response.release()
+    server.close()
+    await server.wait_closed()
+
+
+async def test_a_whole_answer_over_the_limit(client):
+    server = Script([body_of("x" * 5000), CHUNKED.replace(b'{"a":1', b'{"a":2')])
+    url = await server.start()
+    from herd_kernel.upstream import AnswerTooLarge
+
+    response = await client.post(url, "/", b"", {})
+    with pytest.raises(AnswerTooLarge, match="5000 bytes"):
+        await response.read(limit=4096)
+    response.release()
+    response = await client.post(url, "/", b"", {})
+    with pytest.raises(AnswerTooLarge):
+        await response.read(limit=5)  # chunked: counted as it arrives
+    response.release()
+    await server.stop()
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://[::1", "ftp://127.0.0.1:21"])
+async def test_bad_node_urls_are_upstream_errors(client, url):
+    with pytest.raises(UpstreamError):
+        await client.post(url, "/api/chat", b"{}", {})

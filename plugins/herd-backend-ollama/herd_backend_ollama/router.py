@@ -23,7 +23,7 @@ from herd_kernel import __version__
 from herd_kernel.api import RouteDef
 from herd_kernel.models import AvailableModel, RouteRequest, normalize_model
 from herd_kernel.pipeline import Outbound, new_request_id
-from herd_kernel.wire import Api, BadRequest, error_response, read_json_object, request_tags
+from herd_kernel.wire import REQUEST_ID, Api, BadRequest, error_response, request_tags
 
 _EPOCH = "1970-01-01T00:00:00Z"
 
@@ -59,11 +59,9 @@ class InferenceRoute:
         self.empty_model_status = empty_model_status
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        try:
-            raw, body = await read_json_object(request, self.services.max_body)
-            route = self.parse(request, body)
-        except BadRequest as exc:
-            return error_response(self.api, exc.status, exc.message)
+        raw, body = await self.services.read_json(request)  # BadRequest: the middleware answers
+        route = self.parse(request, body)
+        request[REQUEST_ID] = route.request_id
         served, headers = route, {}
         if self.services.config["FLEET_AUTO_PULL"]:
             failure = await self._auto_pull(route, headers)
@@ -131,16 +129,11 @@ class InferenceRoute:
         if options is not None:
             if not isinstance(options, dict):
                 raise BadRequest(f"invalid value for 'options': expected an object, got {_kind(options)}")
-            num_ctx = options.get("num_ctx")
-            if num_ctx is not None:
-                if isinstance(num_ctx, bool) or not isinstance(num_ctx, int | float):
-                    raise BadRequest('option "num_ctx" must be of type integer')
-                num_ctx = int(num_ctx)
-        num_predict = options.get("num_predict") if isinstance(options, dict) else None
+            num_ctx = _option_int(options, "num_ctx")
+        num_predict = _option_int(options, "num_predict") if isinstance(options, dict) else None
         if self.api == "openai":
-            num_predict = body.get("max_completion_tokens", body.get("max_tokens"))
-        if isinstance(num_predict, bool) or not isinstance(num_predict, int | float):
-            num_predict = None
+            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+            num_predict = _option_int(body, key, f"invalid value for '{key}'")
         fallbacks = body.get("fallback_models", ())
         if fallbacks is None:
             fallbacks = ()
@@ -154,12 +147,29 @@ class InferenceRoute:
             path=self.path,
             stream=stream,
             num_ctx=num_ctx,
-            num_predict=None if num_predict is None else int(num_predict),
+            num_predict=num_predict,
             estimated_tokens=estimate_tokens(body),
             fallback_models=tuple(fallbacks),
             tags=request_tags(request, body),
             request_id=request.headers.get("X-Request-Id", "")[:64] or new_request_id(),
         )
+
+
+_INT32 = 2**31
+
+
+def _option_int(where: dict[str, Any], key: str, problem: str | None = None) -> int | None:
+    """An integer option as Ollama reads it (a JSON number, truncated), or None when absent.
+    Booleans, strings and numbers outside a 32-bit int are a 400, never arithmetic on garbage."""
+    value = where.get(key)
+    if value is None:
+        return None
+    problem = problem or f'option "{key}" must be of type integer'
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadRequest(problem)
+    if not -_INT32 <= value < _INT32:
+        raise BadRequest(f"{problem}: {value:.6g} is out of range")
+    return int(value)
 
 
 CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE tokenizers
@@ -339,7 +349,7 @@ class Listings:
         """Forwarded to a node that holds the model; ``model_info`` and the rest come from Ollama."""
         services = self.services
         try:
-            raw, body = await read_json_object(request, 1024 * 1024)
+            raw, body = await services.read_json(request, 1024 * 1024)
         except BadRequest as exc:
             return error_response("ollama", exc.status, exc.message)
         model = body.get("model") or body.get("name")
