@@ -296,7 +296,12 @@ class Pipeline:
     ) -> web.Response:
         if attempts:
             return self._all_failed(route, attempts, started)
-        if decision.kind == "unknown_model":
+        reporting = self.services.scorer.still_reporting() if decision.kind == "unknown_model" \
+            else None
+        if reporting is not None:  # not known *yet*: a 404 now would be a lie a client caches
+            message = f"fleet still reporting: model '{route.model}' is not listed yet ({reporting[0]})"
+            status = 503
+        elif decision.kind == "unknown_model":
             message = not_found(route.model)
             status = 404
         else:
@@ -304,7 +309,9 @@ class Pipeline:
             message = f"no node can serve model '{route.model}' right now ({reasons})"
             status = 503
         headers = {"X-Request-Id": route.request_id}
-        if status == 503:
+        if reporting is not None:
+            headers["Retry-After"] = str(reporting[1])
+        elif status == 503:
             headers.update({"Retry-After": "5", "x-should-retry": "false"})
         self._finish(route, started, None, attempts, None, status="rejected", http_status=status,
                      error_message=message)
@@ -323,7 +330,7 @@ class Pipeline:
             message = "server busy, please try again.  maximum pending requests exceeded"
         else:
             message = (f"no node could take model '{route.model}' within "
-                       f"{self.services.queues.hold_timeout:g} s: {refused.reason}")
+                       f"{refused.limit_s:g} s: {refused.reason}")
             # the router already waited for the client: an SDK should not retry on its own
             headers["x-should-retry"] = "false"
         self._finish(route, started, None, attempts, None, status="rejected", http_status=503,
