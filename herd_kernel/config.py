@@ -230,6 +230,15 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         "slot, most free memory). Keeps a decision under 2 ms at 1,000 nodes.",
     ),
     Setting(
+        env="FLEET_ORIGINS",
+        type=str,
+        default="",
+        help="Comma-separated browser origins allowed to call the router, added to Ollama's "
+        "defaults (localhost, 127.0.0.1 and 0.0.0.0 on any port, app://, file://, tauri://, "
+        "vscode-webview://, vscode-file://), as OLLAMA_ORIGINS is; one '*' per origin is a "
+        "wildcard, '*' alone allows any origin. Other origins get 403.",
+    ),
+    Setting(
         env="FLEET_HOLD_TIMEOUT",
         type=float,
         default=0.0,
