@@ -202,7 +202,7 @@ class RouteRequest:
     """The few facts about a client request that routing needs; parsed once per request."""
 
     model: str  # as the client sent it
-    api: Literal["ollama", "openai"]
+    api: Literal["ollama", "openai", "anthropic"]
     path: str
     stream: bool
     num_ctx: int | None = None

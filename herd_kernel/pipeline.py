@@ -197,7 +197,7 @@ class Pipeline:
                 **fields,
             }
 
-        delimiter = b"\n\n" if route.api == "openai" else b"\n"
+        delimiter = b"\n" if route.api == "ollama" else b"\n\n"  # NDJSON, else SSE
         try:
             first = await upstream.readany()
         except (TimeoutError, OSError) as exc:

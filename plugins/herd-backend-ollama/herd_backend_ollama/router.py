@@ -23,7 +23,7 @@ from herd_backend_ollama.shaping import Shaper
 from herd_kernel import __version__
 from herd_kernel.api import RouteDef
 from herd_kernel.models import AvailableModel, RouteRequest, normalize_model
-from herd_kernel.pipeline import Outbound, new_request_id
+from herd_kernel.pipeline import Outbound, UpstreamFailed, new_request_id
 from herd_kernel.wire import Api, BadRequest, error_response, read_json_object, request_tags
 
 _EPOCH = "1970-01-01T00:00:00Z"
@@ -50,6 +50,7 @@ class InferenceRoute:
         not_found: Callable[[str], str],
         shaper: Shaper,
         empty_model_status: int = 400,
+        since: str | None = None,
     ) -> None:
         self.services = services
         self.shaper = shaper
@@ -58,6 +59,8 @@ class InferenceRoute:
         self.stream_default = stream_default
         self.not_found = not_found
         self.empty_model_status = empty_model_status
+        self.since = since  # the first Ollama release that serves this route
+        self.since_parsed = _parse_version(since) if since else None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -74,6 +77,7 @@ class InferenceRoute:
             served = self._vram_fallback(route, headers)
 
         def prepare(decision: Any) -> Outbound:
+            self._check_version(decision.node)
             outbound = self.shaper.outbound(route, raw, body, decision)
             if not headers:
                 return outbound
@@ -82,6 +86,17 @@ class InferenceRoute:
         return await self.services.pipeline.proxy(
             request, served, prepare, upstream_path=self.path, not_found=self.not_found
         )
+
+    def _check_version(self, node: Any) -> None:
+        """A node whose Ollama predates this route would answer 404: it fails like any node
+        before the first byte, so the pipeline goes on to the next-best node."""
+        if self.since_parsed is None:
+            return
+        ollama = node.heartbeat.ollama
+        have = _parse_version(ollama.version if ollama is not None else "")
+        if have is not None and have < self.since_parsed:
+            raise UpstreamFailed(f"Ollama {ollama.version} has no {self.path} (needs {self.since})",
+                                 404)
 
     async def _auto_pull(self, route: RouteRequest, headers: dict[str, str]) -> web.Response | None:
         fleet = self.services.fleet
@@ -140,6 +155,8 @@ class InferenceRoute:
         num_predict = options.get("num_predict") if isinstance(options, dict) else None
         if self.api == "openai":
             num_predict = body.get("max_completion_tokens", body.get("max_tokens"))
+        if self.since is not None:
+            num_predict = None  # Responses and Messages bodies are relayed as they are, unshaped
         if isinstance(num_predict, bool) or not isinstance(num_predict, int | float):
             num_predict = None
         fallbacks = body.get("fallback_models", ())
@@ -524,6 +541,9 @@ def routes(services: Any) -> list[RouteDef]:
         infer("/v1/chat/completions", "openai", False),
         infer("/v1/completions", "openai", False),
         infer("/v1/embeddings", "openai", False, _embed_not_found),
+        # added by Ollama 0.13.3 (ollama/ollama#13351) and 0.14.0 (#13600); both stream SSE
+        infer("/v1/responses", "openai", False, since="0.13.3"),
+        infer("/v1/messages", "anthropic", False, since="0.14.0"),
     ]
     defs = [RouteDef(method="POST", path=r.path, handler=r.handle) for r in inference]
     for path, handler in (
