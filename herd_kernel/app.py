@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from herd_kernel import __version__, auth, logs
+from herd_kernel import __version__, auth, cors, logs
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, NodeConflict
 from herd_kernel.latency import WINDOW, LatencyHistory
@@ -170,7 +170,9 @@ SERVICES = web.AppKey("services", Services)
 
 @web.middleware
 async def error_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
-    """Every error a client sees is JSON in the format of the API it called; never a traceback."""
+    """Every error a client sees is in the format of the API it called; never a traceback. A path
+    the router does not serve, or a method it does not take there, is gin's plain text, as
+    Ollama answers it."""
     api = api_for_path(request.path)
     try:
         return await handler(request)
@@ -182,11 +184,11 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
             raise
+        if getattr(request.match_info, "http_exception", None) is exc:  # routing found nothing
+            text = "404 page not found" if exc.status == 404 else "405 method not allowed"
+            return web.Response(status=exc.status, text=text, content_type="text/plain",
+                                charset="utf-8", headers=_allow(exc))
         message = exc.text or exc.reason
-        if exc.status == 404:
-            message = "404 page not found"
-        elif exc.status == 405:
-            message = "405 method not allowed"
         return error_response(api, exc.status, message, headers=_allow(exc))
     except (asyncio.CancelledError, ConnectionResetError):
         raise
@@ -362,8 +364,10 @@ def _dumps(obj: Any) -> str:
 def create_app(config: Config, host: PluginHost) -> web.Application:
     services = Services(config, host)
     app = web.Application(
-        middlewares=[error_middleware], client_max_size=services.max_body + 1024
+        middlewares=[cors.middleware(cors.Origins(config["FLEET_ORIGINS"])), error_middleware],
+        client_max_size=services.max_body + 1024,
     )
+    app.on_response_prepare.append(cors.on_prepare)
     app[SERVICES] = services
     app.router.add_post("/heartbeat", heartbeat)
     app.router.add_get("/fleet/status", status_handler)

@@ -273,12 +273,29 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         "slot, most free memory). Keeps a decision under 2 ms at 1,000 nodes.",
     ),
     Setting(
+        env="FLEET_ORIGINS",
+        type=str,
+        default="",
+        help="Comma-separated browser origins allowed to call the router, added to Ollama's "
+        "defaults (localhost, 127.0.0.1 and 0.0.0.0 on any port, app://, file://, tauri://, "
+        "vscode-webview://, vscode-file://), as OLLAMA_ORIGINS is; one '*' per origin is a "
+        "wildcard, '*' alone allows any origin. Other origins get 403.",
+    ),
+    Setting(
         env="FLEET_HOLD_TIMEOUT",
         type=float,
+        default=0.0,
+        help="Seconds a request may wait in total for a free slot before it gets 503 with "
+        "Retry-After. 0: no limit; like Ollama, the request waits as long as its client does "
+        "(FLEET_MAX_QUEUE bounds how many wait; FLEET_MAX_QUEUE=0 refuses instead of waiting).",
+    ),
+    Setting(
+        env="FLEET_HOLDING_TIMEOUT",
+        type=float,
         default=30.0,
-        help="Seconds a request may wait for a free slot (in a node:model queue, or in the "
-        "holding queue while no node can serve it) before it gets 503 with Retry-After. 0: never "
-        "wait.",
+        help="Seconds a request may wait in the holding queue, while no node that has its model "
+        "can serve it (all offline, paused or draining), before it gets 503 with Retry-After "
+        "and x-should-retry: false. 0: 503 at once.",
     ),
     Setting(
         env="FLEET_MAX_QUEUE",

@@ -42,11 +42,27 @@ def _node_id(_inst: Any, _attribute: attrs.Attribute, value: str) -> None:
         raise ValueError("node_id must be 1-128 printable characters")
 
 
+_DEFAULT_HOST = "registry.ollama.ai"
+_DEFAULT_NAMESPACE = "library"
+
+
 def normalize_model(name: str) -> str:
-    """Ollama's matching key for a model name: lower-case, ``:latest`` when no tag is given."""
+    """Ollama's matching key for a model name: lower-case, ``:latest`` when no tag is given, and
+    the default host and namespace dropped (``registry.ollama.ai/library/llama3.2`` and
+    ``library/llama3.2`` are ``llama3.2:latest``), as Ollama's ``model.ParseName`` fills them in
+    and compares whole names case-insensitively."""
     name = name.strip().lower()
-    last = name.rsplit("/", 1)[-1]
-    return name if ":" in last else f"{name}:latest"
+    slash = name.rfind("/")
+    if name.rfind(":") <= slash:  # a colon before the last slash is a host's port, not a tag
+        name += ":latest"
+    if slash < 0:
+        return name  # the common case: a bare model name
+    rest, model = name[:slash], name[slash + 1:]
+    host, _, namespace = rest.rpartition("/")
+    host = host.partition("://")[2] or host  # Ollama accepts a scheme before the host
+    if host in ("", _DEFAULT_HOST):
+        return model if namespace == _DEFAULT_NAMESPACE else f"{namespace}/{model}"
+    return f"{host}/{namespace}/{model}"
 
 
 # --- heartbeat: what a node agent reports every few seconds -------------------------------------
@@ -186,7 +202,7 @@ class RouteRequest:
     """The few facts about a client request that routing needs; parsed once per request."""
 
     model: str  # as the client sent it
-    api: Literal["ollama", "openai"]
+    api: Literal["ollama", "openai", "anthropic"]
     path: str
     stream: bool
     num_ctx: int | None = None

@@ -259,7 +259,7 @@ class Pipeline:
                 **fields,
             }
 
-        delimiter = b"\n\n" if route.api == "openai" else b"\n"
+        delimiter = b"\n" if route.api == "ollama" else b"\n\n"  # NDJSON, else SSE
         try:
             first = await upstream.readany()
         except (TimeoutError, OSError) as exc:
@@ -367,7 +367,12 @@ class Pipeline:
         gone = decision.kind == "unknown_model" and all(a.status == 404 for a in attempts)
         if attempts and not gone:
             return self._all_failed(route, attempts, started)
-        if decision.kind == "unknown_model":  # also: every node that had it has lost it
+        reporting = self.services.scorer.still_reporting() if decision.kind == "unknown_model" \
+            else None
+        if reporting is not None:  # not known *yet*: a 404 now would be a lie a client caches
+            message = f"fleet still reporting: model '{route.model}' is not listed yet ({reporting[0]})"
+            status = 503
+        elif decision.kind == "unknown_model":  # also: every node that had it has lost it
             message = not_found(route.model)
             status = 404
         else:
@@ -375,7 +380,9 @@ class Pipeline:
             message = f"no node can serve model '{route.model}' right now ({reasons})"
             status = 503
         headers = {"X-Request-Id": route.request_id}
-        if status == 503:
+        if reporting is not None:
+            headers["Retry-After"] = str(reporting[1])
+        elif status == 503:
             headers.update({"Retry-After": "5", "x-should-retry": "false"})
         self._finish(route, started, None, attempts, None, status="rejected", http_status=status,
                      error_message=message)
@@ -407,7 +414,7 @@ class Pipeline:
             message = "server busy, please try again.  maximum pending requests exceeded"
         else:
             message = (f"no node could take model '{route.model}' within "
-                       f"{self.services.queues.hold_timeout:g} s: {refused.reason}")
+                       f"{refused.limit_s:g} s: {refused.reason}")
             # the router already waited for the client: an SDK should not retry on its own
             headers["x-should-retry"] = "false"
         self._finish(route, started, None, attempts, None, status="rejected", http_status=503,

@@ -4,7 +4,9 @@ A request asks ``QueueManager.acquire`` for a place to run. It is scored; when t
 ``node:model`` lane has a free slot and nobody waiting, it gets the slot at once (the fast path:
 no future, no task, constant work). Otherwise it waits, in the chosen lane (first come, first
 served), or in the holding queue when every node that has the model is out of reach (offline,
-paused, draining, failed earlier). Nothing waits longer than ``FLEET_HOLD_TIMEOUT``.
+paused, draining, failed earlier). As in Ollama, a lane wait lasts as long as the client waits
+(``FLEET_HOLD_TIMEOUT`` bounds it only when set); the holding queue keeps a request at most
+``FLEET_HOLDING_TIMEOUT`` seconds in a row, since nothing says a node will come back.
 
 The *pump* moves waiting requests. It runs once per event-loop turn at most, when a slot frees,
 when the fleet changes (a heartbeat, a status change, a model the router loaded) and every
@@ -54,14 +56,16 @@ _WARM_RETRY_S = 60.0  # a pre-warm of one node:model is not tried again sooner
 
 @frozen(kw_only=True)
 class Refused:
-    """A request that got no slot: ``timeout`` (waited ``FLEET_HOLD_TIMEOUT``, 503), ``full``
-    (``FLEET_MAX_QUEUE`` requests already waiting, 503 at once), ``gone`` (client left) or
-    ``shutdown`` (the router is stopping, 503)."""
+    """A request that got no slot: ``timeout`` (waited ``limit_s``: ``FLEET_HOLD_TIMEOUT``, or
+    ``FLEET_HOLDING_TIMEOUT`` in the holding queue; 503), ``full`` (``FLEET_MAX_QUEUE`` requests
+    already waiting, 503 at once), ``gone`` (client left) or ``shutdown`` (the router is
+    stopping, 503)."""
 
     kind: str
     model: str
     waited_s: float
     reason: str
+    limit_s: float = 0.0
 
 
 class Slot:
@@ -93,7 +97,7 @@ class Slot:
 class Ticket:
     """A waiting request."""
 
-    __slots__ = ("route", "exclude", "alive", "future", "lane", "decision", "since")
+    __slots__ = ("route", "exclude", "alive", "future", "lane", "decision", "since", "held_timer")
 
     def __init__(self, route: RouteRequest, exclude: Collection[str],
                  alive: Callable[[], bool] | None, future: asyncio.Future[Any], now: float) -> None:
@@ -104,6 +108,7 @@ class Ticket:
         self.lane: Lane | None = None  # None: in the holding queue
         self.decision: Decision | NoRoute | None = None
         self.since = now
+        self.held_timer: asyncio.TimerHandle | None = None  # set while in the holding queue
 
 
 class ConcurrencyTuner:
@@ -177,7 +182,8 @@ class QueueManager:
                  event: Callable[..., None] | None = None) -> None:
         self.fleet = fleet
         self.scorer = scorer
-        self.hold_timeout = float(config["FLEET_HOLD_TIMEOUT"])
+        self.hold_timeout = max(0.0, float(config["FLEET_HOLD_TIMEOUT"]))  # 0: no limit
+        self.holding_timeout = max(0.0, float(config["FLEET_HOLDING_TIMEOUT"]))
         self.default_limit = max(1, int(config["FLEET_DEFAULT_CONCURRENCY"]))
         self.max_limit = max(1, int(config["FLEET_MAX_CONCURRENCY"]))
         self.adaptive = bool(config["FLEET_ADAPTIVE_CONCURRENCY"])
@@ -219,11 +225,8 @@ class QueueManager:
                 return decision, self._grant(lane, 0.0)
         elif decision.kind == "unknown_model" or set(decision.eliminated) <= set(exclude):
             return decision  # unknown, or every holder already failed this request: no wait helps
-        if self.hold_timeout <= 0:
-            if isinstance(decision, NoRoute):
-                return decision
-            return Refused(kind="timeout", model=route.model, waited_s=0.0,
-                           reason=f"{decision.node.node_id} is at its concurrency limit")
+        elif self.holding_timeout <= 0:
+            return decision  # no holding queue: 503 at once while no node can serve the model
 
         if self.waiting_total + len(self.held) >= self.max_waiting:
             self.full_total += 1
@@ -233,7 +236,8 @@ class QueueManager:
         ticket = Ticket(route, exclude, alive, loop.create_future(), loop.time())
         self._wait(ticket, decision)
         try:
-            async with asyncio.timeout(self.hold_timeout):
+            # like Ollama, a lane wait lasts as long as the client waits, unless a limit is set
+            async with asyncio.timeout(self.hold_timeout or None):
                 return await ticket.future
         except TimeoutError:
             self._forget(ticket)
@@ -242,7 +246,7 @@ class QueueManager:
             self.timeouts_total += 1
             return Refused(kind="timeout", model=route.model,
                            waited_s=round(loop.time() - ticket.since, 3),
-                           reason=self._wait_reason(ticket))
+                           reason=self._wait_reason(ticket), limit_s=self.hold_timeout)
         except asyncio.CancelledError:  # the client left while waiting
             if ticket.lane is not None:
                 ticket.lane.abandoned += 1
@@ -253,6 +257,8 @@ class QueueManager:
                 if isinstance(result, tuple):
                     result[1].release(None)
             raise
+        finally:
+            self._unhold(ticket)
 
     def release(self, slot: Slot, ok: bool | None, completion_tokens: int | None = None) -> None:
         """``ok``: True completed, False failed, None given back unused."""
@@ -307,11 +313,16 @@ class QueueManager:
         ticket.decision = decision
         if isinstance(decision, NoRoute):
             if decision.kind == "unknown_model":  # the model left the fleet while it waited
+                self._unhold(ticket)
                 self._resolve(ticket, decision)
             else:
                 ticket.lane = None
                 self.held.append(ticket)
+                if ticket.held_timer is None:  # the bound counts from entering, across re-scores
+                    ticket.held_timer = asyncio.get_running_loop().call_later(
+                        self.holding_timeout, self._held_too_long, ticket)
             return
+        self._unhold(ticket)
         lane = self.fleet.lane(decision.node.node_id, decision.model_key)
         lane.limit = self.limit_for(decision.node, lane)
         if not lane.waiting and lane.in_flight < lane.limit:
@@ -323,6 +334,24 @@ class QueueManager:
         self.waiting_lanes.add(lane)
         if self.prewarm_depth > 0 and len(lane.waiting) == self.prewarm_depth:
             self._prewarm(ticket, decision)  # on crossing the depth; the periodic pass re-checks
+
+    @staticmethod
+    def _unhold(ticket: Ticket) -> None:
+        if ticket.held_timer is not None:
+            ticket.held_timer.cancel()
+            ticket.held_timer = None
+
+    def _held_too_long(self, ticket: Ticket) -> None:
+        """``FLEET_HOLDING_TIMEOUT`` ran out while no node could serve the ticket's model."""
+        ticket.held_timer = None
+        if ticket.future.done() or ticket.lane is not None or ticket not in self.held:
+            return
+        self.held.remove(ticket)
+        self.timeouts_total += 1
+        waited = asyncio.get_running_loop().time() - ticket.since
+        self._resolve(ticket, Refused(kind="timeout", model=ticket.route.model,
+                                      waited_s=round(waited, 3), reason=self._wait_reason(ticket),
+                                      limit_s=self.holding_timeout))
 
     def _give(self, ticket: Ticket, decision: Decision, lane: Lane) -> None:
         if ticket.future.done():

@@ -63,6 +63,22 @@ class Scorer:
         self.config = config
         self.shortlist = max(1, int(config["FLEET_SCORE_SHORTLIST"]))
         self._broken: set[str] = set()
+        self.started = fleet.clock()  # the router's start: nodes report within a heartbeat or so
+        self.report_window = float(config["FLEET_HEARTBEAT_OFFLINE"])
+
+    def still_reporting(self) -> tuple[str, int] | None:
+        """Why the fleet cannot yet say a model does not exist, and the seconds to wait; None
+        once every live node has reported a model list. Only unknown-model answers ask."""
+        nodes = self.fleet.nodes.values()
+        since = self.fleet.clock() - self.started
+        if since < self.report_window and not any(n.heartbeat.ollama for n in nodes):
+            reason = f"the router started {since:.0f} s ago and no node has reported its models yet"
+            return reason, max(1, min(5, math.ceil(self.report_window - since)))
+        for node in nodes:
+            ollama = node.heartbeat.ollama
+            if node.status != "offline" and ollama is not None and not ollama.healthy:
+                return f"node {node.node_id} cannot read its Ollama's model list", 5
+        return None
 
     def choose(self, request: RouteRequest, exclude: Collection[str] = ()) -> Decision | NoRoute:
         """Best node for the request's model, else for each fallback model in order."""

@@ -1,5 +1,6 @@
 """Wire formats shared by the kernel and backends: JSON error bodies in the shape of the API that
-was called (Ollama native or OpenAI), in-stream errors, and request parsing helpers.
+was called (Ollama native, OpenAI, or Anthropic's Messages on ``/v1/messages``), in-stream errors,
+and request parsing helpers.
 """
 
 from __future__ import annotations
@@ -7,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.http_exceptions import ContentEncodingError, PayloadEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
-Api = Literal["ollama", "openai"]
+Api = Literal["ollama", "openai", "anthropic"]
 
 #: The id of the request being handled, set by the route that parsed it, for error logs.
 REQUEST_ID = web.RequestKey("herd_request_id", str)
@@ -22,14 +24,26 @@ _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 401: "aut
 _JSON = "application/json; charset=utf-8"
 
 
+# Anthropic's error types by status, as Ollama's anthropic.NewError chooses them
+_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
+                    403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+                    503: "overloaded_error", 529: "overloaded_error"}
+
+
 def api_for_path(path: str) -> Api:
-    return "openai" if path.startswith("/v1/") else "ollama"
+    if path.startswith("/v1/"):
+        return "anthropic" if path == "/v1/messages" else "openai"
+    return "ollama"
 
 
 def error_body(api: Api, status: int, message: str, *, type_: str | None = None) -> dict[str, Any]:
     if api == "openai":
         kind = type_ or _OPENAI_TYPES.get(status, "api_error")
         return {"error": {"message": message, "type": kind, "param": None, "code": None}}
+    if api == "anthropic":
+        kind = type_ or _ANTHROPIC_TYPES.get(status, "api_error")
+        return {"type": "error", "error": {"type": kind, "message": message},
+                "request_id": f"req_{os.urandom(12).hex()}"}
     return {"error": message}
 
 
@@ -50,6 +64,9 @@ def stream_error(api: Api, message: str) -> bytes:
     if api == "openai":
         payload = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
         return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    if api == "anthropic":  # Anthropic's stream error event
+        payload = {"type": "error", "error": {"type": "api_error", "message": message}}
+        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
     return json.dumps({"error": message}).encode() + b"\n"
 
 

@@ -152,11 +152,19 @@ async def test_a_waiter_whose_client_left_is_dropped_not_dispatched():
     assert (lane.in_flight, lane.abandoned) == (0, 1)
 
 
-async def test_no_wait_when_hold_timeout_is_zero():
+async def test_hold_timeout_zero_waits_without_limit_and_max_queue_zero_never_waits():
     q = manager(beat("a", parallel=1), env={"FLEET_HOLD_TIMEOUT": "0"})
-    await q.acquire(req())
-    result = await q.acquire(req())
-    assert isinstance(result, Refused) and result.kind == "timeout" and result.waited_s == 0
+    _, first = await q.acquire(req())
+    waiter = asyncio.create_task(q.acquire(req()))
+    await asyncio.sleep(0.05)  # longer than any limit the other tests set: it still waits
+    assert not waiter.done() and q.waiting_total == 1
+    first.release(True)
+    _, second = await waiter
+    second.release(True)
+    never = manager(beat("a", parallel=1), env={"FLEET_MAX_QUEUE": "0"})
+    await never.acquire(req())
+    result = await never.acquire(req())
+    assert isinstance(result, Refused) and result.kind == "full" and result.waited_s == 0
 
 
 async def test_a_full_queue_refuses_at_once():

@@ -124,19 +124,22 @@ async def test_huge_body_is_refused_without_reading_it_all(herd_router):
             assert "too large" in (await r.json())["error"]
 
 
-async def test_unknown_route_and_wrong_method_are_json(router):
+async def test_unknown_route_and_wrong_method_are_gin_plain_text(router):
+    """As Ollama's gin answers them, whichever API the path looks like."""
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{router.url}/api/nothing") as r:
-            assert r.status == 404 and (await r.json()) == {"error": "404 page not found"}
+        for path in ("/api/nothing", "/v1/nothing"):
+            async with http.get(f"{router.url}{path}") as r:
+                assert r.status == 404 and await r.text() == "404 page not found"
+                assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
         async with http.get(f"{router.url}/api/chat") as r:
-            assert r.status == 405 and "error" in await r.json()
-        async with http.get(f"{router.url}/v1/nothing") as r:
-            assert r.status == 404 and (await r.json())["error"]["type"] == "not_found_error"
+            assert r.status == 405 and await r.text() == "405 method not allowed"
+            assert r.headers["Content-Type"] == "text/plain; charset=utf-8"
+            assert "POST" in r.headers["Allow"]
 
 
 async def test_model_offline_everywhere_is_503_with_retry_after(router):
     router.services.fleet.nodes["n1"].status = "offline"
-    router.services.queues.hold_timeout = 0.2  # held, re-scored, then refused
+    router.services.queues.holding_timeout = 0.2  # held, re-scored, then refused
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{router.url}/api/chat", json={"model": "llama3.2:3b"}) as r:
             assert r.status == 503

@@ -29,7 +29,8 @@ FAULT_KINDS = ("refuse", "http500", "drop_before_first_byte", "drop_mid_stream",
                "slow_load")
 # faults with empty ``paths`` hit these (the routes that run a model)
 INFERENCE_PATHS = ("/api/chat", "/api/generate", "/api/embed", "/api/embeddings",
-                   "/v1/chat/completions", "/v1/completions", "/v1/embeddings")
+                   "/v1/chat/completions", "/v1/completions", "/v1/embeddings",
+                   "/v1/responses", "/v1/messages")
 # the kinds that decide what happens to one request (at most one applies per request)
 REQUEST_KINDS = ("http500", "drop_before_first_byte", "drop_mid_stream", "stall")
 

@@ -24,6 +24,7 @@ from aiohttp import web
 from herd_sim.catalogue import CATALOGUE, GIB, REFERENCE_SIZE_BYTES, ModelSpec, NodeProfile, lookup
 from herd_sim.faults import Dropped, Fault, FaultBoard, Reply, reset_connection
 from herd_sim.native import native_routes
+from herd_sim.compat_api import compat_routes
 from herd_sim.openai_api import openai_error, openai_routes
 from herd_sim.scheduler import Runner, Scheduler
 from herd_sim.wire import (
@@ -122,6 +123,7 @@ class SimNode:
         app[NODE_KEY] = self
         app.add_routes(native_routes())
         app.add_routes(openai_routes())
+        app.add_routes(compat_routes())
         app.add_routes([
             web.post("/_sim/fault", self._control_set_fault),
             web.delete("/_sim/fault", self._control_clear_faults),

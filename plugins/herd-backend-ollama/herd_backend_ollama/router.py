@@ -8,6 +8,7 @@ the fleet registry without touching a node.
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from herd_backend_ollama.shaping import Shaper
 from herd_kernel import __version__
 from herd_kernel.api import RouteDef
 from herd_kernel.models import AvailableModel, RouteRequest, normalize_model
-from herd_kernel.pipeline import Outbound, new_request_id
+from herd_kernel.pipeline import Outbound, UpstreamFailed, new_request_id
 from herd_kernel.wire import REQUEST_ID, Api, BadRequest, error_response, request_tags
 
 _EPOCH = "1970-01-01T00:00:00Z"
@@ -49,6 +50,7 @@ class InferenceRoute:
         not_found: Callable[[str], str],
         shaper: Shaper,
         empty_model_status: int = 400,
+        since: str | None = None,
     ) -> None:
         self.services = services
         self.shaper = shaper
@@ -57,6 +59,8 @@ class InferenceRoute:
         self.stream_default = stream_default
         self.not_found = not_found
         self.empty_model_status = empty_model_status
+        self.since = since  # the first Ollama release that serves this route
+        self.since_parsed = _parse_version(since) if since else None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw, body = await self.services.read_json(request)  # BadRequest: the middleware answers
@@ -71,6 +75,7 @@ class InferenceRoute:
             served = self._vram_fallback(route, headers)
 
         def prepare(decision: Any) -> Outbound:
+            self._check_version(decision.node)
             outbound = self.shaper.outbound(route, raw, body, decision)
             if not headers:
                 return outbound
@@ -79,6 +84,17 @@ class InferenceRoute:
         return await self.services.pipeline.proxy(
             request, served, prepare, upstream_path=self.path, not_found=self.not_found
         )
+
+    def _check_version(self, node: Any) -> None:
+        """A node whose Ollama predates this route would answer 404: it fails like any node
+        before the first byte, so the pipeline goes on to the next-best node."""
+        if self.since_parsed is None:
+            return
+        ollama = node.heartbeat.ollama
+        have = _parse_version(ollama.version if ollama is not None else "")
+        if have is not None and have < self.since_parsed:
+            raise UpstreamFailed(f"Ollama {ollama.version} has no {self.path} (needs {self.since})",
+                                 404)
 
     async def _auto_pull(self, route: RouteRequest, headers: dict[str, str]) -> web.Response | None:
         fleet = self.services.fleet
@@ -134,6 +150,8 @@ class InferenceRoute:
         if self.api == "openai":
             key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             num_predict = _option_int(body, key, f"invalid value for '{key}'")
+        if self.since is not None:
+            num_predict = None  # Responses and Messages bodies are relayed as they are, unshaped
         fallbacks = body.get("fallback_models", ())
         if fallbacks is None:
             fallbacks = ()
@@ -226,8 +244,8 @@ def _kind(value: Any) -> str:
 # --- listings -----------------------------------------------------------------------------------
 
 
-def _listed_nodes(services: Any):
-    return [n for n in services.fleet.nodes.values() if n.status != "offline" and n.ollama_url]
+def _json_bytes(body: bytes) -> web.Response:
+    return web.Response(body=body, content_type="application/json")
 
 
 def _default_details(details: dict[str, Any]) -> dict[str, Any]:
@@ -236,62 +254,180 @@ def _default_details(details: dict[str, Any]) -> dict[str, Any]:
     return {**base, **details}
 
 
+_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+# What /api/version says before any node has reported one: the Ollama release that added
+# /v1/messages, the newest API the router serves (clients parse and compare it; 0.0.0 fails them).
+SPOKEN_VERSION = "0.14.0"
+
+
+def _parse_version(version: str | None) -> tuple[int, ...] | None:
+    match = _VERSION.match(version or "")
+    return tuple(int(x) for x in match.groups()) if match else None
+
+
+class FleetIndex:
+    """The listings (``/api/tags``, ``/api/ps``, ``/v1/models``, ``/api/version``) kept up to date
+    node by node, their bodies cached as bytes.
+
+    A request after no fleet change serves the cached bytes. After changes, one pass looks for
+    nodes whose model dicts were replaced (an identity test each: a heartbeat replaces them), only
+    those are compared, and only models whose holders changed are serialized again; a heartbeat
+    that changes no list changes no byte.
+    """
+
+    def __init__(self, fleet: Any) -> None:
+        self.fleet = fleet
+        self.version = -1
+        # node_id -> (available dict, its length, loaded dict, its length, listed) as last seen
+        self.seen: dict[str, tuple[Any, int, Any, int, bool]] = {}
+        self.contrib: dict[str, tuple[dict[str, Any], dict[str, Any], str]] = {}
+        self.available: dict[str, dict[str, Any]] = {}  # model key -> node_id -> AvailableModel
+        self.loaded: dict[str, dict[str, Any]] = {}  # model key -> node_id -> LoadedModel
+        self.versions: collections.Counter[str] = collections.Counter()
+        self.lowest: str | None = None  # the fleet's lowest version, remembered when nodes go
+        self.tag_parts: dict[str, tuple[str, bytes, dict[str, Any]]] = {}  # key -> (name, json, entry)
+        self.ps_parts: dict[str, tuple[str, bytes, dict[str, Any]]] = {}  # key -> (expires, json, entry)
+        self.dirty_tags: set[str] = set()
+        self.dirty_ps: set[str] = set()
+        self.bodies: dict[str, bytes] = {}
+
+    def refresh(self) -> None:
+        fleet = self.fleet
+        if fleet.version == self.version and self.version >= 0:
+            return
+        self.version = fleet.version
+        versions_changed = False
+        for node_id, node in fleet.nodes.items():
+            listed = node.status != "offline" and bool(node.ollama_url)
+            av, ld = node.available, node.loaded
+            seen = self.seen.get(node_id)
+            if seen is not None and seen[0] is av and seen[1] == len(av) and seen[2] is ld \
+                    and seen[3] == len(ld) and seen[4] == listed:
+                continue  # router-side additions (add_available, add_loaded) change the length
+            self.seen[node_id] = (av, len(av), ld, len(ld), listed)
+            ollama = node.heartbeat.ollama
+            version = ollama.version if listed and ollama is not None else ""
+            new = (dict(av) if listed else {}, dict(ld) if listed else {}, version)
+            old = self.contrib.get(node_id, ({}, {}, ""))
+            self.contrib[node_id] = new
+            _diff(self.available, self.dirty_tags, node_id, old[0], new[0])
+            _diff(self.loaded, self.dirty_ps, node_id, old[1], new[1])
+            if old[2] != new[2]:
+                versions_changed = True
+                for value, step in ((old[2], -1), (new[2], 1)):
+                    if _parse_version(value) is not None:
+                        self.versions[value] += step
+                        if self.versions[value] <= 0:
+                            del self.versions[value]
+        if versions_changed and self.versions:
+            low = min(self.versions, key=lambda v: _parse_version(v) or ())
+            self.lowest = ".".join(map(str, _parse_version(low) or ()))
+
+    # --- bodies ----------------------------------------------------------------------------------
+
+    def tags(self) -> dict[str, Any]:
+        self._update_tags()
+        return {"models": [entry for _n, _b, entry in sorted(self.tag_parts.values(),
+                                                             key=lambda p: p[0])]}
+
+    def ps(self) -> dict[str, Any]:
+        self._update_ps()
+        return {"models": [entry for _e, _b, entry in _ps_order(self.ps_parts.values())]}
+
+    def tags_bytes(self) -> bytes:
+        if self._update_tags() or "tags" not in self.bodies:
+            parts = sorted(self.tag_parts.values(), key=lambda p: p[0])
+            self.bodies["tags"] = b'{"models":[' + b",".join(b for _n, b, _e in parts) + b"]}"
+            data = [openai_model(e["name"], e["modified_at"]) for _n, _b, e in parts]
+            self.bodies["v1"] = json.dumps({"object": "list", "data": data}).encode()
+        return self.bodies["tags"]
+
+    def v1_models_bytes(self) -> bytes:
+        self.tags_bytes()
+        return self.bodies["v1"]
+
+    def ps_bytes(self) -> bytes:
+        if self._update_ps() or "ps" not in self.bodies:
+            parts = _ps_order(self.ps_parts.values())
+            self.bodies["ps"] = b'{"models":[' + b",".join(b for _e, b, _x in parts) + b"]}"
+        return self.bodies["ps"]
+
+    def version_string(self) -> str:
+        self.refresh()
+        return self.lowest or SPOKEN_VERSION
+
+    def _update_tags(self) -> bool:
+        self.refresh()
+        if not self.dirty_tags:
+            return False
+        for key in self.dirty_tags:
+            holders = self.available.get(key)
+            if not holders:
+                self.tag_parts.pop(key, None)
+                continue
+            m = holders[min(holders)]
+            entry = {"name": m.name, "model": m.name, "modified_at": m.modified_at or _EPOCH,
+                     "size": m.size_bytes, "digest": m.digest,
+                     "details": _default_details(m.details)}
+            if m.capabilities:
+                entry["capabilities"] = list(m.capabilities)
+            entry["fleet_nodes"] = sorted(holders)
+            self.tag_parts[key] = (m.name, json.dumps(entry).encode(), entry)
+        self.dirty_tags.clear()
+        return True
+
+    def _update_ps(self) -> bool:
+        self.refresh()
+        if not self.dirty_ps:
+            return False
+        for key in self.dirty_ps:
+            holders = self.loaded.get(key)
+            if not holders:
+                self.ps_parts.pop(key, None)
+                continue
+            nodes = sorted(holders)
+            m = holders[nodes[0]]
+            expires = max([m.expires_at or _EPOCH, *(holders[n].expires_at or "" for n in nodes)])
+            entry = {"name": m.name, "model": m.name, "size": m.size_bytes, "digest": m.digest,
+                     "details": _default_details(m.details), "expires_at": expires,
+                     "size_vram": m.size_vram, "context_length": m.context_length,
+                     "fleet_nodes": nodes}
+            self.ps_parts[key] = (expires, json.dumps(entry).encode(), entry)
+        self.dirty_ps.clear()
+        return True
+
+
+def _diff(index: dict[str, dict[str, Any]], dirty: set[str], node_id: str,
+          old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Move one node's contribution to ``index`` from ``old`` to ``new``, noting changed keys."""
+    for key in old.keys() - new.keys():
+        holders = index[key]
+        del holders[node_id]
+        if not holders:
+            del index[key]
+        dirty.add(key)
+    for key, model in new.items():
+        if old.get(key) != model:
+            index.setdefault(key, {})[node_id] = model
+            dirty.add(key)
+
+
+def _ps_order(parts: Any) -> list[tuple[str, bytes, dict[str, Any]]]:
+    """Latest expiry first, as Ollama's /api/ps; ties by name."""
+    return sorted(sorted(parts, key=lambda p: p[2]["name"]), key=lambda p: p[0], reverse=True)
+
+
 def tags_body(services: Any) -> dict[str, Any]:
-    models: dict[str, dict[str, Any]] = {}
-    for node in sorted(_listed_nodes(services), key=lambda n: n.node_id):
-        for key, m in node.available.items():
-            entry = models.get(key)
-            if entry is None:
-                entry = models[key] = {
-                    "name": m.name,
-                    "model": m.name,
-                    "modified_at": m.modified_at or _EPOCH,
-                    "size": m.size_bytes,
-                    "digest": m.digest,
-                    "details": _default_details(m.details),
-                    "fleet_nodes": [],
-                }
-                if m.capabilities:
-                    entry["capabilities"] = list(m.capabilities)
-            entry["fleet_nodes"].append(node.node_id)
-    return {"models": sorted(models.values(), key=lambda e: e["name"])}
+    return FleetIndex(services.fleet).tags()
 
 
 def ps_body(services: Any) -> dict[str, Any]:
-    models: dict[str, dict[str, Any]] = {}
-    for node in sorted(_listed_nodes(services), key=lambda n: n.node_id):
-        for key, m in node.loaded.items():
-            entry = models.get(key)
-            if entry is None:
-                entry = models[key] = {
-                    "name": m.name,
-                    "model": m.name,
-                    "size": m.size_bytes,
-                    "digest": m.digest,
-                    "details": _default_details(m.details),
-                    "expires_at": m.expires_at or _EPOCH,
-                    "size_vram": m.size_vram,
-                    "context_length": m.context_length,
-                    "fleet_nodes": [],
-                }
-            elif (m.expires_at or "") > entry["expires_at"]:
-                entry["expires_at"] = m.expires_at
-            entry["fleet_nodes"].append(node.node_id)
-    return {"models": sorted(models.values(), key=lambda e: e["expires_at"], reverse=True)}
-
-
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
+    return FleetIndex(services.fleet).ps()
 
 
 def fleet_version(services: Any) -> str:
     """The lowest Ollama version in the fleet: what every node can be relied on to speak."""
-    found = []
-    for node in _listed_nodes(services):
-        version = node.heartbeat.ollama.version if node.heartbeat.ollama else ""
-        match = _VERSION.match(version or "")
-        if match:
-            found.append((tuple(int(x) for x in match.groups()), f"{'.'.join(match.groups())}"))
-    return min(found)[1] if found else "0.0.0"
+    return FleetIndex(services.fleet).version_string()
 
 
 _FRACTION = re.compile(r"(\.\d{6})\d+")
@@ -320,29 +456,44 @@ def openai_model(name: str, modified_at: str | None, model_id: str | None = None
 class Listings:
     def __init__(self, services: Any) -> None:
         self.services = services
+        self.index = FleetIndex(services.fleet)
+
+    # the bodies as bytes, for the routes and bench/listings.py
+    def tags_bytes(self) -> bytes:
+        return self.index.tags_bytes()
+
+    def ps_bytes(self) -> bytes:
+        return self.index.ps_bytes()
+
+    def v1_models_bytes(self) -> bytes:
+        return self.index.v1_models_bytes()
+
+    def version_bytes(self) -> bytes:
+        return json.dumps({"version": self.index.version_string(),
+                           "herd_version": __version__}).encode()
 
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
 
     async def version(self, request: web.Request) -> web.Response:
-        return web.json_response({"version": fleet_version(self.services), "herd_version": __version__})
+        return _json_bytes(self.version_bytes())
 
     async def tags(self, request: web.Request) -> web.Response:
-        return web.json_response(tags_body(self.services))
+        return _json_bytes(self.tags_bytes())
 
     async def ps(self, request: web.Request) -> web.Response:
-        return web.json_response(ps_body(self.services))
+        return _json_bytes(self.ps_bytes())
 
     async def v1_models(self, request: web.Request) -> web.Response:
-        data = [openai_model(e["name"], e["modified_at"]) for e in tags_body(self.services)["models"]]
-        return web.json_response({"object": "list", "data": data})
+        return _json_bytes(self.v1_models_bytes())
 
     async def v1_model(self, request: web.Request) -> web.Response:
         wanted = request.match_info["model"]
-        key = normalize_model(wanted)
-        for entry in tags_body(self.services)["models"]:
-            if normalize_model(entry["name"]) == key:
-                return web.json_response(openai_model(entry["name"], entry["modified_at"], wanted))
+        self.index.refresh()
+        holders = self.index.available.get(normalize_model(wanted))
+        if holders:
+            m = holders[min(holders)]
+            return web.json_response(openai_model(m.name, m.modified_at or _EPOCH, wanted))
         return error_response("openai", 404, _quoted_not_found(wanted))
 
     async def show(self, request: web.Request) -> web.Response:
@@ -400,6 +551,9 @@ def routes(services: Any) -> list[RouteDef]:
         infer("/v1/chat/completions", "openai", False),
         infer("/v1/completions", "openai", False),
         infer("/v1/embeddings", "openai", False, _embed_not_found),
+        # added by Ollama 0.13.3 (ollama/ollama#13351) and 0.14.0 (#13600); both stream SSE
+        infer("/v1/responses", "openai", False, since="0.13.3"),
+        infer("/v1/messages", "anthropic", False, since="0.14.0"),
     ]
     defs = [RouteDef(method="POST", path=r.path, handler=r.handle) for r in inference]
     for path, handler in (
