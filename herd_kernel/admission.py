@@ -114,15 +114,18 @@ def url_problem(url: str) -> str | None:
         return "has a bad percent-encoding"
     try:
         parts = urlsplit(url)
-        port = parts.port
     except ValueError as exc:
         return f"is not a valid URL ({exc})"
+    try:
+        port = parts.port
+    except ValueError:
+        return "port must be a number from 1 to 65535"
     if parts.scheme not in ("http", "https"):
         return f"must be http or https, not {parts.scheme or 'nothing'!r}"
     if not parts.hostname:
         return "has no host"
     if port == 0:
-        return "port must be 1..65535"
+        return "port must be a number from 1 to 65535"
     return None
 
 
@@ -324,6 +327,8 @@ class Admission:
         self._check_caps(hb, kind, key)
         if hb.ollama is not None and not hb.draining:
             await self._check_url(hb.ollama.url, peer, local)
+        if kind != "pending":
+            self.fleet.forget_pending(node_id)
         if kind == "enrolling":
             self.records[node_id] = Record(node_id=node_id, key=key, admitted_at=time.time(),
                                            via="enrollment")
