@@ -19,8 +19,15 @@ import structlog
 from aiohttp import web
 
 from herd_kernel import __version__, auth, cors, logs
+from herd_kernel.admission import (
+    NODE_KEY_HEADER,
+    Admission,
+    Refused,
+    admin_problem,
+    fingerprint,
+)
 from herd_kernel.config import Config
-from herd_kernel.fleet import Fleet, NodeConflict
+from herd_kernel.fleet import Fleet, NodeConflict, PendingNode
 from herd_kernel.latency import WINDOW, LatencyHistory
 from herd_kernel.models import (
     Heartbeat,
@@ -60,7 +67,10 @@ class Services:
         self.fleet = Fleet(
             degraded_after=config["FLEET_HEARTBEAT_TIMEOUT"],
             offline_after=config["FLEET_HEARTBEAT_OFFLINE"],
+            evict_after=config["FLEET_EVICT_AFTER"],
+            pending_evict_after=config["FLEET_PENDING_EVICT_AFTER"],
         )
+        self.admission = Admission(config, self.fleet)
         self.signals = host.signals(config)
         self.backends = host.backends(config)
         self.latency = LatencyHistory()
@@ -210,31 +220,53 @@ def _allow(exc: web.HTTPException) -> dict[str, str] | None:
 
 async def heartbeat(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
+    admission = services.admission
     try:
         raw, body = await services.read_json(request, _HEARTBEAT_MAX_BYTES)
         secret = services.config["FLEET_SECRET"]
         if secret:
             problem = auth.verify(
                 secret, request.headers.get(auth.HEADER), request.method, request.path, raw,
-                services.nonces,
+                services.nonces, not_before=admission.started,
             )
             if problem:
                 log.warning("heartbeat refused", peer=request.remote, reason=problem)
                 return web.json_response({"error": f"unauthorized: {problem}"}, status=401)
         hb = structure(body, Heartbeat)
+        sockname = request.transport.get_extra_info("sockname") if request.transport else None
+        kind = await admission.admit(
+            hb, raw, request.headers, request.remote,
+            sockname[0] if isinstance(sockname, tuple) else None, secret_verified=bool(secret),
+        )
     except BadRequest as exc:
         return web.json_response({"error": f"invalid heartbeat: {exc.message}"}, status=exc.status)
     except PayloadError as exc:
         return web.json_response(
             {"error": f"invalid heartbeat: {exc}", "field": exc.field}, status=400
         )
+    except Refused as exc:
+        if exc.status in (401, 409):
+            log.warning("heartbeat refused", peer=request.remote, node=hb.node_id,
+                        reason=exc.message)
+        return web.json_response(exc.body, status=exc.status)
+    if kind == "pending":
+        key = request.headers.get(NODE_KEY_HEADER, "")
+        pending = services.fleet.apply_pending(hb, request.remote, key, fingerprint(key))
+        if pending is None:
+            return web.json_response({"status": "draining", "node_id": hb.node_id})
+        return web.json_response({
+            "status": "pending", "node_status": "pending", "admission": "pending",
+            "node_id": hb.node_id, "fingerprint": pending.fingerprint,
+            "message": f"waiting for the owner: on the router run `herd nodes approve "
+                       f"{hb.node_id}` (key {pending.fingerprint})",
+        }, status=202)
     try:
-        state = services.fleet.apply_heartbeat(hb, peer_ip=request.remote)
+        state = services.fleet.apply_heartbeat(hb, peer_ip=request.remote, admission=kind)
     except NodeConflict as exc:
         return web.json_response({"error": str(exc)}, status=409)
     if hb.draining:
         return web.json_response({"status": "draining", "node_id": hb.node_id})
-    return web.json_response({"status": "ok", "node_status": state.status})
+    return web.json_response({"status": "ok", "node_status": state.status, "admission": kind})
 
 
 def fleet_status(services: Services) -> dict[str, Any]:
@@ -270,6 +302,7 @@ def fleet_status(services: Services) -> dict[str, Any]:
             {
                 "node_id": state.node_id,
                 "status": state.status,
+                "admission": state.admission,
                 "agent_version": hb.agent_version,
                 # an agent of another release may report fields this router reads differently
                 "agent_version_mismatch": bool(hb.agent_version) and hb.agent_version != __version__,
@@ -293,6 +326,8 @@ def fleet_status(services: Services) -> dict[str, Any]:
                 "extras": hb.extras,
             }
         )
+    for pending in sorted(fleet.pending.values(), key=lambda p: p.node_id):
+        nodes.append(_pending_entry(pending, now))
     queue = services.queues.snapshot(services.latency)
     return {
         "fleet": {
@@ -300,6 +335,7 @@ def fleet_status(services: Services) -> dict[str, Any]:
             "nodes_online": sum(1 for n in fleet.nodes.values() if n.status == "online"),
             "nodes_degraded": sum(1 for n in fleet.nodes.values() if n.status == "degraded"),
             "nodes_offline": sum(1 for n in fleet.nodes.values() if n.status == "offline"),
+            "nodes_pending": len(fleet.pending),
             "models_loaded": models_loaded,
             "requests_active": fleet.requests_active,
         },
@@ -308,6 +344,22 @@ def fleet_status(services: Services) -> dict[str, Any]:
         "holding": queue["holding"],
         "router_version": __version__,
         "timestamp": time.time(),
+    }
+
+
+def _pending_entry(pending: PendingNode, now: float) -> dict[str, Any]:
+    """A node waiting for approval: who, from where, with which key; it gets no traffic."""
+    return {
+        "node_id": pending.node_id,
+        "status": "pending",
+        "admission": "pending",
+        "key_fingerprint": pending.fingerprint,
+        "peer": pending.peer,
+        "agent_version": pending.agent_version,
+        "last_heartbeat_s_ago": round(now - pending.last_seen, 3),
+        "hardware": {"hostname": pending.hostname},
+        "ollama": {"url": pending.url, "models_available": pending.models}
+        if pending.url else None,
     }
 
 
@@ -354,6 +406,100 @@ async def hello_handler(request: web.Request) -> web.Response:
     })
 
 
+# --- admission: the owner's routes ---------------------------------------------------------------
+
+
+def admin_route(handler: Any, *, write: bool = False) -> Any:
+    """Guard a ``/fleet/*`` route (see ``admission.admin_problem``)."""
+
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        problem = admin_problem(request.app[SERVICES].admission, request, write=write)
+        if problem is not None:
+            return web.json_response({"error": problem[1]}, status=problem[0])
+        return await handler(request)
+
+    return guarded
+
+
+async def nodes_handler(request: web.Request) -> web.Response:
+    """Every node the router knows, with how it was admitted: live ones, those waiting for
+    approval, and admitted ones not seen since the router started."""
+    services = request.app[SERVICES]
+    admission, fleet = services.admission, services.fleet
+    now = fleet.clock()
+    rows = []
+    for state in fleet.nodes.values():
+        record = admission.records.get(state.node_id)
+        rows.append({
+            "node_id": state.node_id, "admission": state.admission or "local",
+            "status": state.status, "key_fingerprint": record.fingerprint if record else None,
+            "url": state.ollama_url, "hostname": state.heartbeat.hostname,
+            "last_heartbeat_s_ago": round(now - state.last_seen, 3),
+            "admitted_at": record.admitted_at if record else None,
+        })
+    for pending in fleet.pending.values():
+        rows.append({
+            "node_id": pending.node_id, "admission": "pending", "status": "pending",
+            "key_fingerprint": pending.fingerprint, "url": pending.url, "peer": pending.peer,
+            "hostname": pending.hostname,
+            "last_heartbeat_s_ago": round(now - pending.last_seen, 3), "admitted_at": None,
+        })
+    for record in admission.records.values():
+        if record.node_id not in fleet.nodes:
+            rows.append({
+                "node_id": record.node_id, "admission": "admitted", "status": "not seen",
+                "key_fingerprint": record.fingerprint, "url": None, "hostname": None,
+                "last_heartbeat_s_ago": None, "admitted_at": record.admitted_at,
+            })
+    rows.sort(key=lambda row: row["node_id"])
+    return web.json_response({
+        "nodes": rows,
+        "enrollment": {"open": admission.window_open(),
+                       "until": admission.window_until if admission.window_open() else None},
+    })
+
+
+async def _admin_body(request: web.Request) -> dict[str, Any]:
+    _raw, body = await read_json_object(request, 64 * 1024)
+    return body
+
+
+async def approve_handler(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body = await _admin_body(request)
+    expected = body.get("fingerprint")
+    if expected is not None and not isinstance(expected, str):
+        raise BadRequest("fingerprint must be a string")
+    node_id = request.match_info["node_id"]
+    try:
+        record = await services.admission.approve(node_id, expected)
+    except Refused as exc:
+        return web.json_response(exc.body, status=exc.status)
+    return web.json_response({"node_id": node_id, "admission": "admitted",
+                              "key_fingerprint": record.fingerprint,
+                              "message": "admitted: it joins with its next heartbeat"})
+
+
+async def remove_handler(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    await _admin_body(request)
+    node_id = request.match_info["node_id"]
+    if not await services.admission.remove(node_id):
+        return web.json_response({"error": f"no node {node_id!r} is known"}, status=404)
+    return web.json_response({"node_id": node_id, "removed": True})
+
+
+async def enroll_handler(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    body = await _admin_body(request)
+    minutes = body.get("minutes", services.config["FLEET_ENROLL_MINUTES"] or 10.0)
+    number = isinstance(minutes, int | float) and not isinstance(minutes, bool)
+    if not number or not 0 <= minutes <= 1440:
+        raise BadRequest("minutes must be a number from 0 to 1440")
+    until = services.admission.open_window(float(minutes))
+    return web.json_response({"open": bool(until), "until": until or None})
+
+
 def _dumps(obj: Any) -> str:
     return json.dumps(obj, default=str)
 
@@ -370,9 +516,14 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
     app.on_response_prepare.append(cors.on_prepare)
     app[SERVICES] = services
     app.router.add_post("/heartbeat", heartbeat)
-    app.router.add_get("/fleet/status", status_handler)
-    app.router.add_get("/fleet/queue", queue_handler)
-    app.router.add_get("/fleet/traces", traces_handler)
+    app.router.add_get("/fleet/status", admin_route(status_handler))
+    app.router.add_get("/fleet/queue", admin_route(queue_handler))
+    app.router.add_get("/fleet/traces", admin_route(traces_handler))
+    app.router.add_get("/fleet/nodes", admin_route(nodes_handler))
+    nodes = "/fleet/nodes/{node_id}"
+    app.router.add_post(f"{nodes}/approve", admin_route(approve_handler, write=True))
+    app.router.add_post(f"{nodes}/remove", admin_route(remove_handler, write=True))
+    app.router.add_post("/fleet/enroll", admin_route(enroll_handler, write=True))
     app.router.add_get("/fleet/hello", hello_handler)
     claimed: dict[tuple[str, str], str] = {}
     for backend in services.backends:
@@ -385,6 +536,7 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
             claimed[key] = backend.name
             app.router.add_route(route.method, route.path, route.handler, name=route.name)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_startup.append(lambda app: app[SERVICES].admission.open())
     return app
 
 

@@ -4,7 +4,11 @@ impostor that merely announces itself.
 
 Signature header: ``X-Herd-Signature: t=<unix seconds>,n=<nonce>,s=<hex HMAC-SHA256>`` over
 ``"<t>\\n<n>\\n<METHOD>\\n<path>\\n" + body``. A signature is valid for ``MAX_SKEW`` seconds and
-only once (the nonce is remembered), so a captured heartbeat cannot be replayed.
+only once (the nonce is remembered), so a captured heartbeat cannot be replayed; and never when
+it was made before the router started (the nonces are in memory: a restart forgets them).
+
+The same signature, made with a node's own key instead of the fleet secret, proves that a
+heartbeat comes from the admitted node it names (``herd_kernel.admission``).
 """
 
 from __future__ import annotations
@@ -67,8 +71,12 @@ def verify(
     body: bytes,
     nonces: NonceCache,
     now: float | None = None,
+    *,
+    not_before: float | None = None,
+    what: str = "fleet secret",
 ) -> str | None:
-    """None when the signature is good; otherwise the reason it is not (safe to show)."""
+    """None when the signature is good; otherwise the reason it is not (safe to show).
+    ``not_before``: the router's start; an older signature is a replay from before it."""
     if not header:
         return "missing signature: this router requires the fleet secret (FLEET_NODE_SECRET)"
     try:
@@ -79,9 +87,11 @@ def verify(
     now = time.time() if now is None else now
     if abs(now - stamp) > MAX_SKEW:
         return "signature expired (check the clocks of router and node)"
+    if not_before is not None and stamp < int(not_before):
+        return "signature made before this router started (a replay)"
     message = f"{stamp}\n{nonce}\n{method.upper()}\n{path}\n".encode() + body
     if not hmac.compare_digest(_mac(secret, message), mac):
-        return "bad signature: wrong fleet secret"
+        return f"bad signature: wrong {what}"
     if not nonces.add(nonce, now):
         return "signature already used (replay)"
     return None

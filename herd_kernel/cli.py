@@ -87,6 +87,26 @@ def _router_parser() -> argparse.ArgumentParser:
     settings = sub.add_parser("settings", help="every FLEET_ / FLEET_NODE_ setting, with its value")
     settings.add_argument("--markdown", action="store_true",
                           help="print the reference table (docs/configuration.md) instead")
+    router = argparse.ArgumentParser(add_help=False)
+    router.add_argument("--router", default=argparse.SUPPRESS,
+                        help="the running router (default http://127.0.0.1:FLEET_PORT); "
+                        "from another machine set FLEET_ADMIN_KEY")
+    nodes = sub.add_parser("nodes", parents=[router],
+                           help="list nodes with their admission; approve or remove one")
+    nodes.add_argument("--json", action="store_true", dest="nodes_json",
+                       help="machine-readable output")
+    nodes_sub = nodes.add_subparsers(dest="nodes_command")
+    approve = nodes_sub.add_parser("approve", parents=[router], help="admit a pending node")
+    approve.add_argument("node_id")
+    approve.add_argument("--fingerprint", help="admit only if its key has this fingerprint")
+    remove = nodes_sub.add_parser("remove", parents=[router],
+                                  help="revoke a node: forget its key; it must be admitted again")
+    remove.add_argument("node_id")
+    enroll = sub.add_parser("enroll", parents=[router],
+                            help="admit new nodes without approval for a few minutes")
+    enroll.add_argument("--minutes", type=float, default=None,
+                        help="how long the window stays open (default FLEET_ENROLL_MINUTES or 10; "
+                        "0 closes it)")
     return parser
 
 
@@ -100,6 +120,8 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
         "FLEET_LOG_LEVEL": args.log_level,
         "FLEET_SECRET": args.secret,
     }
+    if args.command in ("nodes", "enroll"):
+        return _admin_command(args, flags)
     if args.demo and args.host is None and "FLEET_HOST" not in os.environ:
         flags["FLEET_HOST"] = "127.0.0.1"  # a demo has no business on the LAN
     try:
@@ -121,6 +143,111 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
     except (PluginError, SettingError, OSError, RuntimeError) as exc:
         print(f"herd: {exc}", file=sys.stderr)
         return 1
+
+
+def _admin_command(args: argparse.Namespace, flags: dict[str, Any]) -> int:
+    """``herd nodes [approve|remove ID]`` and ``herd enroll``: calls to the running router."""
+    try:
+        config = resolve((*ROUTER_SETTINGS, *NODE_SETTINGS), os.environ, flags)
+    except SettingError as exc:
+        print(f"herd: {exc}", file=sys.stderr)
+        return 2
+    base = getattr(args, "router", None) or f"http://127.0.0.1:{config['FLEET_PORT']}"
+    base = base.rstrip("/")
+    key = config["FLEET_ADMIN_KEY"]
+    command = args.command if args.command == "enroll" else args.nodes_command
+    if command == "enroll":
+        body: dict[str, Any] = {} if args.minutes is None else {"minutes": args.minutes}
+        status, reply = _admin_call(base, "POST", "/fleet/enroll", key, body)
+    elif command == "approve":
+        body = {"fingerprint": args.fingerprint} if args.fingerprint else {}
+        status, reply = _admin_call(base, "POST", f"/fleet/nodes/{_quote(args.node_id)}/approve",
+                                    key, body)
+    elif command == "remove":
+        status, reply = _admin_call(base, "POST", f"/fleet/nodes/{_quote(args.node_id)}/remove",
+                                    key, {})
+    else:
+        status, reply = _admin_call(base, "GET", "/fleet/nodes", key, None)
+    if status != 200:
+        message = reply.get("error") if isinstance(reply, dict) else reply
+        print(f"herd: {base} said {status or 'nothing'}: {message}", file=sys.stderr)
+        return 1
+    if getattr(args, "nodes_json", False) and command is None:
+        print(json.dumps(reply, indent=2))
+    elif command == "enroll":
+        print(f"enrollment window open until {_clock(reply['until'])}" if reply.get("open")
+              else "enrollment window closed")
+    elif command == "approve":
+        print(f"{args.node_id} admitted (key {reply['key_fingerprint']}); it joins with its "
+              "next heartbeat")
+    elif command == "remove":
+        print(f"{args.node_id} removed; it must be admitted again to rejoin")
+    else:
+        print(_nodes_table(reply), end="")
+    return 0
+
+
+def _quote(node_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(node_id, safe="")
+
+
+def _clock(stamp: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(stamp))
+
+
+def _admin_call(
+    base: str, method: str, path: str, key: str, body: dict[str, Any] | None
+) -> tuple[int, Any]:
+    """One request to the router's admin API (plain blocking HTTP: this is a command line)."""
+    import urllib.error
+    import urllib.request
+
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    request = urllib.request.Request(base + path, data=data, headers=headers, method=method)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never via a proxy
+    try:
+        with opener.open(request, timeout=10) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read() or b"null")
+        except ValueError:
+            return exc.code, exc.reason
+    except (OSError, ValueError) as exc:
+        return 0, f"cannot reach the router ({exc}); is `herd` running?"
+
+
+def _nodes_table(reply: dict[str, Any]) -> str:
+    rows = [("NODE", "ADMISSION", "STATUS", "KEY", "ADDRESS", "LAST SEEN")]
+    for node in reply.get("nodes", []):
+        ago = node.get("last_heartbeat_s_ago")
+        rows.append((
+            node["node_id"], node["admission"], node["status"], node.get("key_fingerprint") or "-",
+            node.get("peer") or node.get("url") or "-",
+            "-" if ago is None else f"{ago:.0f}s ago",
+        ))
+    widths = [max(len(str(row[i])) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    if len(rows) == 1:
+        lines.append("(no nodes)")
+    enrollment = reply.get("enrollment") or {}
+    if enrollment.get("open"):
+        lines.append(f"enrollment window open until {_clock(enrollment['until'])}")
+    if any(node["admission"] == "pending" for node in reply.get("nodes", [])):
+        lines.append("admit a pending node with `herd nodes approve NODE` after comparing its key "
+                     "with the one in the node's log")
+    return "\n".join(lines) + "\n"
 
 
 def _plugins_command(host: PluginHost, config: Config, *, as_json: bool) -> int:
@@ -196,8 +323,8 @@ async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespa
               "  FLEET_NODE_SECRET=<the secret> herd-node --router-url "
               f"http://<this machine>:{port}   (or --secret)", file=sys.stderr)
     elif bind not in ("127.0.0.1", "localhost", "::1"):
-        print("  no fleet secret: any machine on the network can register as a node.\n"
-              "  Set FLEET_SECRET (and FLEET_NODE_SECRET on nodes) to require signed heartbeats.",
+        print("  nodes on other machines wait for your approval: `herd nodes` lists them,\n"
+              "  `herd nodes approve ID` admits one, `herd enroll` admits new ones for a while.",
               file=sys.stderr)
     try:
         ollama = args.ollama_host or LOCAL_OLLAMA

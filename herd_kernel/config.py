@@ -173,6 +173,54 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         "FLEET_NODE_SECRET to the same value) and nodes can verify this router.",
     ),
     Setting(
+        env="FLEET_ADMIN_KEY",
+        type=str,
+        default="",
+        help="Key for the /fleet/* API (Authorization: Bearer <key> or X-API-Key): when set, "
+        "reads need it too, and admin calls (herd nodes approve, herd enroll) may come from "
+        "other machines with it; without it they are accepted only over loopback.",
+    ),
+    Setting(
+        env="FLEET_ENROLL_MINUTES",
+        type=float,
+        default=10.0,
+        help="Minutes after the router's first start (no admission state in the data dir yet) "
+        "during which nodes on other machines are admitted without approval; `herd enroll` "
+        "opens such a window later. 0: never on first start.",
+    ),
+    Setting(
+        env="FLEET_EVICT_AFTER",
+        type=float,
+        default=3600.0,
+        help="Seconds an offline node stays listed before it is forgotten (an admitted node keeps "
+        "its admission and rejoins with its next heartbeat). 0: never.",
+    ),
+    Setting(
+        env="FLEET_PENDING_EVICT_AFTER",
+        type=float,
+        default=300.0,
+        help="Seconds a node waiting for approval stays listed after its last heartbeat.",
+    ),
+    Setting(
+        env="FLEET_MAX_NODES",
+        type=int,
+        default=256,
+        help="Most nodes the registry keeps (admitted, any status); a new one beyond gets 503.",
+    ),
+    Setting(
+        env="FLEET_MAX_PENDING_NODES",
+        type=int,
+        default=32,
+        help="Most nodes waiting for approval at once, counted apart from admitted ones so a "
+        "flood of strangers cannot crowd out real nodes; a new one beyond gets 429.",
+    ),
+    Setting(
+        env="FLEET_MAX_MODELS_PER_NODE",
+        type=int,
+        default=1000,
+        help="Most models a heartbeat may report (on disk plus loaded); more gets 400.",
+    ),
+    Setting(
         env="FLEET_HEARTBEAT_TIMEOUT",
         type=float,
         default=15.0,

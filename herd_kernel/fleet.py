@@ -1,5 +1,6 @@
 """The fleet registry: node states built from heartbeats, online / degraded / offline by age,
-and the router's own in-flight accounting per ``node:model``.
+nodes waiting for admission (kept apart, so nothing that routes ever sees them), eviction of
+long-silent nodes, and the router's own in-flight accounting per ``node:model``.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ import asyncio
 import collections
 import ipaddress
 import time
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -91,6 +93,24 @@ class Lane:
         return self.limit - self.in_flight
 
 
+@dataclass(slots=True)
+class PendingNode:
+    """A node on another machine that has reported but is not admitted: what the owner needs to
+    decide (who, from where, with which key), nothing more, so a flood of them stays small."""
+
+    node_id: str
+    key: str
+    fingerprint: str
+    peer: str
+    hostname: str
+    url: str
+    agent_version: str
+    models: int
+    first_seen: float  # wall clock
+    last_seen: float  # monotonic
+    heartbeats: int = 1
+
+
 class NodeConflict(Exception):
     """Another agent already holds this node id and is alive."""
 
@@ -103,12 +123,17 @@ class Fleet:
         *,
         degraded_after: float = 15.0,
         offline_after: float = 30.0,
+        evict_after: float = 3600.0,
+        pending_evict_after: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.degraded_after = degraded_after
         self.offline_after = offline_after
+        self.evict_after = evict_after  # silent this long, a node is forgotten (0: never)
+        self.pending_evict_after = pending_evict_after
         self.clock = clock
         self.nodes: dict[str, NodeState] = {}
+        self.pending: dict[str, PendingNode] = {}  # never routed to; see herd_kernel.admission
         self.queues: dict[tuple[str, str], Lane] = {}
         self.node_in_flight: dict[str, int] = {}
         self.listeners: list[StatusListener] = []
@@ -117,7 +142,9 @@ class Fleet:
 
     # --- heartbeats ----------------------------------------------------------------------------
 
-    def apply_heartbeat(self, hb: Heartbeat, peer_ip: str | None = None) -> NodeState:
+    def apply_heartbeat(
+        self, hb: Heartbeat, peer_ip: str | None = None, admission: str = ""
+    ) -> NodeState:
         now = self.clock()
         state = self.nodes.get(hb.node_id)
         old_status: str | None = state.status if state is not None else None
@@ -151,6 +178,7 @@ class Fleet:
             for name in loaded.keys() & state.unloaded_at.keys():
                 del state.unloaded_at[name]
         state.heartbeat = hb
+        state.admission = admission or state.admission
         state.ollama_url = url
         state.loaded = loaded
         state.available = available
@@ -163,11 +191,64 @@ class Fleet:
         self._changed()
         return state
 
+    def apply_pending(
+        self, hb: Heartbeat, peer_ip: str | None, key: str, fingerprint: str
+    ) -> PendingNode | None:
+        """Note a heartbeat from a node waiting for admission (None: it left, so it is dropped).
+        The caller has checked the cap and that the key matches an earlier one."""
+        if hb.draining:
+            self.forget_pending(hb.node_id)
+            return None
+        url, models = "", 0
+        if hb.ollama is not None:
+            url = reachable_url(hb.ollama.url, peer_ip)
+            models = len(hb.ollama.models_available)
+        pending = self.pending.get(hb.node_id)
+        if pending is None:
+            pending = self.pending[hb.node_id] = PendingNode(
+                node_id=hb.node_id, key=key, fingerprint=fingerprint, peer=peer_ip or "",
+                hostname=hb.hostname[:255], url=url, agent_version=hb.agent_version[:64],
+                models=models, first_seen=time.time(), last_seen=self.clock(), heartbeats=0,
+            )
+            self._emit(hb.node_id, None, "pending")
+        pending.peer, pending.url, pending.models = peer_ip or "", url, models
+        pending.hostname, pending.agent_version = hb.hostname[:255], hb.agent_version[:64]
+        pending.last_seen = self.clock()
+        pending.heartbeats += 1
+        return pending
+
+    def forget_pending(self, node_id: str) -> bool:
+        return self.pending.pop(node_id, None) is not None
+
+    def forget(self, node_id: str) -> bool:
+        """Drop a node (pending or not) and its idle lanes; requests running there finish."""
+        state = self.nodes.pop(node_id, None)
+        known = self.forget_pending(node_id) or state is not None
+        if state is not None:
+            for key in [k for k, lane in self.queues.items()
+                        if k[0] == node_id and not lane.in_flight and not lane.waiting]:
+                del self.queues[key]
+            if not self.node_in_flight.get(node_id):
+                self.node_in_flight.pop(node_id, None)
+            self._emit(node_id, state.status, "removed")
+            self._changed()
+        return known
+
     def sweep(self) -> None:
-        """Age nodes: degraded after ``degraded_after`` s of silence, offline after ``offline_after``."""
+        """Age nodes: degraded after ``degraded_after`` s of silence, offline after
+        ``offline_after``; forget offline ones after ``evict_after`` and pending ones after
+        ``pending_evict_after`` (so ids that stop reporting do not accumulate)."""
         now = self.clock()
+        if self.pending_evict_after:
+            for pending in [p for p in self.pending.values()
+                            if now - p.last_seen > self.pending_evict_after]:
+                del self.pending[pending.node_id]
+        evict = []
         for state in self.nodes.values():
             if state.status == "offline":
+                if self.evict_after and now - state.last_seen > self.evict_after \
+                        and not self.node_in_flight.get(state.node_id):
+                    evict.append(state.node_id)
                 continue
             silent = now - state.last_seen
             new: NodeStatus = state.status
@@ -180,6 +261,8 @@ class Fleet:
                 state.status = new
                 self._emit(state.node_id, old, new)
                 self._changed()
+        for node_id in evict:
+            self.forget(node_id)
 
     async def run_sweeper(self, period: float | None = None) -> None:
         period = period or max(0.05, min(1.0, self.degraded_after / 5))

@@ -114,7 +114,9 @@ class HerdSpec:
     @hookspec
     def herd_node_status_changed(self, node_id: str, old: str | None, new: str) -> None:
         """A node's status changed (``None`` -> ``online`` when first seen; ``online`` ->
-        ``degraded`` -> ``offline`` as heartbeats stop; ``offline`` -> ``online`` on return).
+        ``degraded`` -> ``offline`` as heartbeats stop; ``offline`` -> ``online`` on return;
+        ``None`` -> ``pending`` when a node elsewhere waits for admission; ``removed`` when the
+        owner revokes a node or a long-silent one is forgotten).
 
         Called on the router's event loop right after the change; must be quick.
         """

@@ -190,6 +190,7 @@ class NodeState:
     available: dict[str, AvailableModel] = field(factory=dict)
     unloaded_at: dict[str, float] = field(factory=dict)  # normalized name -> monotonic time
     heartbeats: int = 0
+    admission: str = ""  # how it was let in: local | admitted | secret (herd_kernel.admission)
 
     @property
     def routable(self) -> bool:

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import platform
+import secrets
 import socket
 import time
 import uuid
@@ -20,6 +22,7 @@ import aiohttp
 import structlog
 
 from herd_kernel import __version__, auth
+from herd_kernel.admission import NODE_KEY_HEADER, NODE_SIGNATURE_HEADER, fingerprint
 from herd_kernel.api import NodeContext
 from herd_kernel.config import Config
 from herd_kernel.fleet import _is_loopback
@@ -42,6 +45,8 @@ class NodeAgent:
         self.http: aiohttp.ClientSession | None = None
         self.secret: str = config["FLEET_NODE_SECRET"]
         self.instance_id = ""
+        self.key = ""  # this installation's own key: signs every heartbeat (admission)
+        self.key_pinned = False  # the router has our key: stop sending it
         self.advertised_ollama: str | None = None  # the LAN proxy's URL, when it runs
         self.heartbeats_sent = 0
         self.failures = 0
@@ -105,7 +110,13 @@ class NodeAgent:
 
     def _signed(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:
         body = json.dumps(payload).encode()
-        return body, auth.json_headers(self.secret, "POST", "/heartbeat", body)
+        headers = auth.json_headers(self.secret, "POST", "/heartbeat", body)
+        if self.key:
+            headers[NODE_SIGNATURE_HEADER] = auth.sign(self.key, "POST", "/heartbeat", body)
+            if not self.key_pinned:
+                # until the router has it: an owner's approval pins the key it sees here
+                headers[NODE_KEY_HEADER] = self.key
+        return body, headers
 
     async def send(self, payload: Mapping[str, Any]) -> dict[str, Any] | None:
         assert self.http is not None
@@ -118,7 +129,9 @@ class NodeAgent:
                 timeout=aiohttp.ClientTimeout(total=max(2.0, self.interval)),
             ) as response:
                 body = await response.json(content_type=None)
-                if response.status != 200:
+                if response.status == 401:
+                    self.key_pinned = False  # e.g. the owner removed us: present the key again
+                if response.status not in (200, 202):
                     raise RuntimeError(f"router said {response.status}: {body}")
         except Exception as exc:  # noqa: BLE001 - the router may be down; keep trying
             self.failures += 1
@@ -131,8 +144,16 @@ class NodeAgent:
         self.failures = 0
         self.heartbeats_sent += 1
         status = body.get("node_status") if isinstance(body, dict) else None
+        admission = body.get("admission") if isinstance(body, dict) else None
+        self.key_pinned = admission in ("admitted", "local", "secret")
         if status != self.last_status:
-            log.info("registered with router", router=self.router_url, status=status)
+            if status == "pending":
+                log.warning("waiting for the router's owner to admit this node: on the router run "
+                            f"`herd nodes approve {self.node_id}` and compare the key",
+                            router=self.router_url, key=fingerprint(self.key))
+            else:
+                log.info("registered with router", router=self.router_url, status=status,
+                         admission=admission)
             self.last_status = status
         return body
 
@@ -181,6 +202,7 @@ class NodeAgent:
     async def run(self) -> None:
         """Heartbeat at a fixed rate until ``stop()``; then send a draining heartbeat."""
         self.instance_id = await asyncio.to_thread(self._load_instance_id)
+        self.key = await asyncio.to_thread(self._load_key)
         async with aiohttp.ClientSession() as http:
             self.http = http
             try:
@@ -191,7 +213,8 @@ class NodeAgent:
                     return
                 raise
             log.info("node agent started", node=self.node_id, router=self.router_url,
-                     ollama=self.config["FLEET_NODE_OLLAMA_HOST"], interval=self.interval)
+                     ollama=self.config["FLEET_NODE_OLLAMA_HOST"], interval=self.interval,
+                     key=fingerprint(self.key))
             proxy_runner = await self._start_proxy()
             await self.host.lifecycle("herd_startup", self)
             loop = asyncio.get_running_loop()
@@ -262,6 +285,27 @@ class NodeAgent:
         except OSError as exc:
             log.warning("cannot keep the agent id; a restart will look like a new agent",
                         path=str(path), error=repr(exc))
+        return value
+
+    def _load_key(self) -> str:
+        """This installation's node key, kept (owner-readable only) in the data dir: the router
+        pins it when the node is admitted, so no other device can speak for this node."""
+        path = Path(self.config["FLEET_NODE_DATA_DIR"]) / f"agent-{self.node_id}.key"
+        try:
+            value = path.read_text().strip()
+            if len(value) == 64:
+                return value
+        except OSError:
+            pass
+        value = secrets.token_hex(32)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(value + "\n")
+        except OSError as exc:
+            log.warning("cannot keep the node key; after a restart the router's owner must "
+                        "admit this node again", path=str(path), error=repr(exc))
         return value
 
     async def drain(self) -> None:

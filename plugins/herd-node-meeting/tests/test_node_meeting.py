@@ -615,9 +615,9 @@ async def test_router_stops_and_resumes_routing_to_a_mac_in_a_meeting(
     applied: list[bool] = []  # `paused` of every heartbeat the router applied, in order
     original = fleet.apply_heartbeat
 
-    def spy(hb, peer_ip=None):
+    def spy(hb, peer_ip=None, **kwargs):
         applied.append(hb.paused)
-        return original(hb, peer_ip=peer_ip)
+        return original(hb, peer_ip=peer_ip, **kwargs)
 
     fleet.apply_heartbeat = spy
 
