@@ -219,6 +219,15 @@ class Fleet:
         state.unloaded_at.pop(model_key, None)
         self._changed()
 
+    def remove_loaded(self, node_id: str, model_key: str) -> None:
+        """Note a model the router itself just unloaded from a node (``keep_alive: 0``), before
+        the node's next heartbeat confirms it: the counterpart of ``add_loaded``."""
+        state = self.nodes.get(node_id)
+        if state is None or state.loaded.pop(model_key, None) is None:
+            return
+        state.unloaded_at[model_key] = self.clock()
+        self._changed()
+
     # --- reads ---------------------------------------------------------------------------------
 
     def routable(self) -> Iterator[NodeState]:
