@@ -1,8 +1,9 @@
 """Router side of the Ollama backend: the Ollama-native and OpenAI-compatible routes.
 
 Inference routes parse the body once for the fields routing needs, then forward the client's own
-bytes (rewritten only to strip router-only fields or to name a fallback model) to the chosen
-node's Ollama, which serves both APIs itself, so every field survives. Listing routes answer from
+bytes (rewritten only as the README's "What the router changes" table says, each change announced)
+to the chosen node's Ollama, which serves both APIs itself, so every field survives. Load/unload
+commands go to every node holding the model (``keepalive``). Listing routes answer from
 the fleet registry without touching a node.
 """
 
