@@ -302,15 +302,21 @@ class Fleet:
         state.unloaded_at.pop(model_key, None)
         self._changed()
 
+    def remove_loaded(self, node_id: str, model_key: str) -> None:
+        """Note a model the router itself just unloaded from a node (``keep_alive: 0``), before
+        the node's next heartbeat confirms it: the counterpart of ``add_loaded``."""
+        state = self.nodes.get(node_id)
+        if state is None or state.loaded.pop(model_key, None) is None:
+            return
+        state.unloaded_at[model_key] = self.clock()
+        self._changed()
+
     def forget_model(self, node_id: str, model_key: str) -> None:
         """A node answered that it does not have ``model_key`` (deleted since its last heartbeat):
         stop offering it there until a heartbeat says otherwise."""
+        self.remove_loaded(node_id, model_key)
         state = self.nodes.get(node_id)
-        if state is None:
-            return
-        if state.loaded.pop(model_key, None) is not None:
-            state.unloaded_at[model_key] = self.clock()
-        if state.available.pop(model_key, None) is not None or model_key in state.unloaded_at:
+        if state is not None and state.available.pop(model_key, None) is not None:
             self._changed()
 
     # --- reads ---------------------------------------------------------------------------------

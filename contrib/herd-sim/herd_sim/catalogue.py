@@ -156,6 +156,8 @@ CATALOGUE: dict[str, ModelSpec] = {
               7_615_616_512, 28),
         _spec("llama3.1:8b", 4_920_753_328, 131072, "llama", "8.0B", "Q4_K_M", _TEXT_TOOLS, 4096,
               8_030_261_312, 32),
+        _spec("qwen2.5:14b", 8_988_110_976, 32768, "qwen2", "14.8B", "Q4_K_M", _TEXT_TOOLS, 5120,
+              14_770_033_664, 48),
         _spec("qwen2.5-coder:14b", 8_988_124_069, 32768, "qwen2", "14.8B", "Q4_K_M",
               ("completion", "tools", "insert"), 5120, 14_770_033_664, 48),
         _spec("qwen3:32b", 20_201_253_588, 40960, "qwen3", "32.8B", "Q4_K_M",
@@ -218,6 +220,9 @@ class NodeProfile:
     # how much each extra request running on a model slows every one of them: 0.25 is a machine
     # whose batching pays (4 at once give 2.3x the tokens per second), 1.0 one where it does not
     parallel_slowdown: float = 0.25
+    # whether /api/tags lists each model's capabilities, as newer Ollama versions do; False is an
+    # older Ollama, where only /api/show says what a model can do
+    tags_capabilities: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.num_parallel < 1:

@@ -170,10 +170,12 @@ async def tags(request: web.Request) -> web.StreamResponse:
     entries = []
     for entry in sorted(node.disk.values(), key=lambda d: d.modified_at, reverse=True):
         spec = entry.spec
-        entries.append({"name": spec.name, "model": spec.name,
-                        "modified_at": go_time(local_from_epoch(entry.modified_at)),
-                        "size": spec.size_bytes, "digest": spec.digest, "details": details(spec),
-                        "capabilities": list(spec.capabilities)})
+        listed = {"name": spec.name, "model": spec.name,
+                  "modified_at": go_time(local_from_epoch(entry.modified_at)),
+                  "size": spec.size_bytes, "digest": spec.digest, "details": details(spec)}
+        if node.profile.tags_capabilities:
+            listed["capabilities"] = list(spec.capabilities)
+        entries.append(listed)
     return await node.reply(request).json({"models": entries})
 
 

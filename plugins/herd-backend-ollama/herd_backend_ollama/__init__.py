@@ -16,11 +16,14 @@ class OllamaBackend:
     name = "ollama"
     modalities = ("chat", "generate", "embed")
 
+    def __init__(self) -> None:
+        self.capabilities = node.Capabilities()  # node side: per agent, kept across heartbeats
+
     def routes(self, services: Any) -> Sequence[RouteDef]:
         return router.routes(services)
 
     async def probe(self, ctx: NodeContext) -> Mapping[str, Any]:
-        return await node.probe(ctx)
+        return await node.probe(ctx, self.capabilities)
 
 
 @hookimpl

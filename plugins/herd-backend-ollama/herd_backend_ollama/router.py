@@ -1,8 +1,9 @@
 """Router side of the Ollama backend: the Ollama-native and OpenAI-compatible routes.
 
 Inference routes parse the body once for the fields routing needs, then forward the client's own
-bytes (rewritten only to strip router-only fields or to name a fallback model) to the chosen
-node's Ollama, which serves both APIs itself, so every field survives. Listing routes answer from
+bytes (rewritten only as the README's "What the router changes" table says, each change announced)
+to the chosen node's Ollama, which serves both APIs itself, so every field survives. Load/unload
+commands go to every node holding the model (``keepalive``). Listing routes answer from
 the fleet registry without touching a node.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from herd_backend_ollama import substitutes
+from herd_backend_ollama import keepalive, substitutes
 from herd_backend_ollama.shaping import Shaper
 from herd_kernel import __version__
 from herd_kernel.api import RouteDef
@@ -49,11 +50,13 @@ class InferenceRoute:
         stream_default: bool,
         not_found: Callable[[str], str],
         shaper: Shaper,
+        keep_alive: keepalive.KeepAlive,
         empty_model_status: int = 400,
         since: str | None = None,
     ) -> None:
         self.services = services
         self.shaper = shaper
+        self.keep_alive = keep_alive
         self.path = path
         self.api = api
         self.stream_default = stream_default
@@ -66,24 +69,65 @@ class InferenceRoute:
         raw, body = await self.services.read_json(request)  # BadRequest: the middleware answers
         route = self.parse(request, body)
         request[REQUEST_ID] = route.request_id
-        served, headers = route, {}
+        keep_alive = keepalive.keep_alive_seconds(body.get("keep_alive")) \
+            if self.api == "ollama" else None
+        command = keep_alive is not None and keepalive.is_command(self.path, body)
+        if command:
+            answered = await self.keep_alive.command(route, body, keep_alive)
+            if answered is not None:
+                return answered
+        served, headers, notes = route, {}, {}
         if self.services.config["FLEET_AUTO_PULL"]:
             failure = await self._auto_pull(route, headers)
             if failure is not None:
                 return failure
-        if self.services.config["FLEET_VRAM_FALLBACK"]:
-            served = self._vram_fallback(route, headers)
+        if not command:
+            served = self._substitute(route, headers, notes)
 
         def prepare(decision: Any) -> Outbound:
             self._check_version(decision.node)
             outbound = self.shaper.outbound(route, raw, body, decision)
-            if not headers:
-                return outbound
-            return attrs.evolve(outbound, headers={**headers, **outbound.headers})
+            if headers:
+                outbound = attrs.evolve(outbound, headers={**headers, **outbound.headers})
+            if notes:
+                shaped = outbound.summary
+                outbound = attrs.evolve(
+                    outbound, summary=lambda: {**notes, **(shaped() if shaped else {})})
+            return outbound
 
-        return await self.services.pipeline.proxy(
+        response = await self.services.pipeline.proxy(
             request, served, prepare, upstream_path=self.path, not_found=self.not_found
         )
+        node_id = response.headers.get("X-Fleet-Node")
+        if node_id and response.status < 400:
+            # the model is in that node's memory now (or, after keep_alive 0, no longer)
+            served_key = normalize_model(response.headers.get("X-Fleet-Served-Model", served.model))
+            keepalive.note(self.services, node_id, served_key, keep_alive)
+            if keep_alive is not None and not command:
+                self.keep_alive.spread(route, served_key, node_id, body["keep_alive"], keep_alive)
+        return response
+
+    def _substitute(
+        self, route: RouteRequest, headers: dict[str, str], notes: dict[str, Any]
+    ) -> RouteRequest:
+        """Another model answers only by ``substitutes.larger_hot_sibling``'s rule: for a
+        ``num_ctx`` the cold requested model would have to load with (context protection,
+        ``strip``), or for any request with ``FLEET_VRAM_FALLBACK``. Always announced."""
+        nodes = self.services.fleet.nodes.values()
+        substitute, reason, header = None, "", ""
+        if route.num_ctx and route.api == "ollama" and self.shaper.mode == "strip":
+            substitute = substitutes.larger_hot_sibling(nodes, route.model,
+                                                        min_context=route.num_ctx)
+            reason, header = "context_upgrade", "X-Fleet-Context-Upgrade"
+        if substitute is None and self.services.config["FLEET_VRAM_FALLBACK"]:
+            substitute = substitutes.vram_substitute(nodes, route.model)
+            reason, header = "vram_fallback", "X-Fleet-Vram-Fallback"
+        if substitute is None:
+            return route
+        self.services.event(reason, model=route.model, served=substitute, num_ctx=route.num_ctx)
+        headers[header] = f"{route.model} -> {substitute}"
+        notes["substitution"] = {"reason": reason, "requested": route.model, "served": substitute}
+        return attrs.evolve(route, model=substitute, original_model=route.model)
 
     def _check_version(self, node: Any) -> None:
         """A node whose Ollama predates this route would answer 404: it fails like any node
@@ -117,15 +161,6 @@ class InferenceRoute:
         fleet.add_available(node.node_id, AvailableModel(name=route.model))
         headers["X-Fleet-Auto-Pull"] = node.node_id
         return None
-
-    def _vram_fallback(self, route: RouteRequest, headers: dict[str, str]) -> RouteRequest:
-        nodes = list(self.services.fleet.nodes.values())
-        substitute = substitutes.vram_substitute(nodes, route.model)
-        if substitute is None:
-            return route
-        self.services.event("vram_fallback", model=route.model, served=substitute)
-        headers["X-Fleet-Vram-Fallback"] = f"{route.model} -> {substitute}"
-        return attrs.evolve(route, model=substitute, original_model=route.model)
 
     def parse(self, request: web.Request, body: dict[str, Any]) -> RouteRequest:
         model = body.get("model")
@@ -538,10 +573,11 @@ class Listings:
 def routes(services: Any) -> list[RouteDef]:
     listing = Listings(services)
     shaper = Shaper(services.config, services.event)
+    keep_alive = keepalive.KeepAlive(services)
 
     def infer(path: str, api: Api, stream_default: bool, not_found=_quoted_not_found, **kw: Any):
         return InferenceRoute(services, path, api, stream_default=stream_default,
-                              not_found=not_found, shaper=shaper, **kw)
+                              not_found=not_found, shaper=shaper, keep_alive=keep_alive, **kw)
 
     inference = [
         infer("/api/chat", "ollama", True),

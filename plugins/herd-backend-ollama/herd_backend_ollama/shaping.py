@@ -3,10 +3,13 @@
 - Router-only fields (``fallback_models``) are stripped.
 - Context protection: an ``options.num_ctx`` that differs from the context a model is already
   loaded with forces Ollama to reload it (seconds to minutes, for every other user too). When the
-  loaded context is big enough the field is stripped; when it is not, a larger loaded model of the
-  same family *on the same node* may serve instead; otherwise the reload is the honest price.
-- Thinking models spend most of a ``num_predict`` budget on reasoning, so the budget is inflated
-  and the answer's split between thinking and output is reported in headers.
+  loaded context is bigger, the request is sent with the loaded context instead (it gets at least
+  what it asked for, and no reload); a larger one goes through unchanged (the client needs that
+  context, and the reload is its honest price). Whether
+  another model may answer is decided before routing, by ``substitutes.larger_hot_sibling``.
+- Thinking models spend most of a ``num_predict`` budget on reasoning, so when the model will
+  think (it can, and the request did not turn thinking off) the budget is inflated and the
+  answer's split between thinking and output is reported in headers.
 
 The client's bytes go upstream untouched when none of this applies.
 """
@@ -14,26 +17,29 @@ The client's bytes go upstream untouched when none of this applies.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from herd_backend_ollama.substitutes import thinks
 from herd_kernel.config import Setting, SettingError
-from herd_kernel.models import LoadedModel, RouteRequest
+from herd_kernel.models import RouteRequest, normalize_model
 from herd_kernel.pipeline import Outbound
 from herd_kernel.scoring import Decision
 
 ROUTER_ONLY_FIELDS = ("fallback_models",)
-THINKING_NAMES = re.compile(r"(^|/)(deepseek-r1|qwq|phi4-reasoning|gpt-oss|magistral|openthinker)")
 
 SETTINGS = (
     Setting(env="FLEET_CONTEXT_PROTECTION", type=str, default="strip",
-            help="What to do with an options.num_ctx that would reload a loaded model: 'strip' it "
-            "(or move to a larger loaded model of the same family on that node), 'warn' (log and "
-            "record only) or 'passthrough'."),
+            help="What to do with an options.num_ctx that would reload a loaded model: 'strip' "
+            "(the default) sends the loaded context instead when it is bigger (a larger num_ctx "
+            "always goes through; "
+            "when the model is loaded nowhere, a strictly larger loaded model of the same line "
+            "with that context may answer instead), 'warn' (log and record only) or "
+            "'passthrough'."),
     Setting(env="FLEET_THINKING_OVERHEAD", type=float, default=4.0,
             help="A thinking model's num_predict / max_tokens is multiplied by this, since most of "
-            "the budget goes to reasoning."),
+            "the budget goes to reasoning; not when the request turns thinking off (think: false, "
+            "reasoning_effort: none)."),
     Setting(env="FLEET_THINKING_MIN_PREDICT", type=int, default=1024,
             help="Lower bound of an inflated thinking budget, in tokens."),
 )
@@ -42,10 +48,20 @@ Event = Callable[..., None]
 
 
 def is_thinking(decision: Decision) -> bool:
+    """Whether the chosen model can think: the node's reported capabilities (from its /api/tags
+    or /api/show), else its name."""
     available = decision.node.available.get(decision.model_key)
-    if available is not None and available.capabilities:
-        return "thinking" in available.capabilities
-    return bool(THINKING_NAMES.search(decision.model_key))
+    return thinks(decision.model_key, available.capabilities if available is not None else None)
+
+
+def thinking_off(api: str, body: Mapping[str, Any], model: str) -> bool:
+    """Whether the request turns thinking off: Ollama ``think: false`` (which gpt-oss ignores: it
+    takes levels only), OpenAI ``reasoning_effort`` / ``reasoning.effort`` of ``"none"``."""
+    if api == "ollama":
+        return body.get("think") is False and not normalize_model(model).startswith("gpt-oss")
+    reasoning = body.get("reasoning")
+    effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+    return body.get("reasoning_effort") == "none" or effort == "none"
 
 
 class Shaper:
@@ -79,10 +95,16 @@ class Shaper:
         model = decision.model
         if model != route.model:
             edit()["model"] = model
+        notes: dict[str, Any] = {}  # what was changed, for the trace's details
         if route.api == "ollama" and route.num_ctx is not None and self.mode != "passthrough":
-            model = self._protect_context(route, decision, edit, headers) or model
+            self._protect_context(route, decision, edit, headers, notes)
         meter = None
-        if route.num_predict is not None and route.num_predict > 0 and is_thinking(decision):
+        if (
+            route.num_predict is not None
+            and route.num_predict > 0
+            and is_thinking(decision)
+            and not thinking_off(route.api, body, model)
+        ):
             budget = max(self.min_predict, int(route.num_predict * self.overhead))
             if route.api == "ollama":
                 edit().setdefault("options", {})["num_predict"] = budget
@@ -93,7 +115,10 @@ class Shaper:
             meter = ThinkingMeter(route.api, budget)
         hooks: dict[str, Any] = {}
         if meter is not None:
-            hooks = {"on_complete": meter.whole, "observe": meter.frame, "summary": meter.summary}
+            hooks = {"on_complete": meter.whole, "observe": meter.frame}
+            hooks["summary"] = (lambda: {**notes, **meter.summary()}) if notes else meter.summary
+        elif notes:
+            hooks = {"summary": lambda: notes}
         body_out = raw if changed is None else json.dumps(changed).encode()
         return Outbound(body=body_out, headers=headers, **hooks)
 
@@ -103,55 +128,30 @@ class Shaper:
         decision: Decision,
         edit: Callable[[], dict[str, Any]],
         headers: dict[str, str],
-    ) -> str | None:
-        """Returns the model to use instead, when a larger loaded sibling is chosen."""
+        notes: dict[str, Any],
+    ) -> None:
+        """Strip a num_ctx the loaded model does not need; never swap the model here."""
         node = decision.node
         loaded = node.loaded.get(decision.model_key)
         wanted = route.num_ctx
         if loaded is None or not loaded.context_length or wanted is None:
-            return None  # not loaded: it will load with the requested context anyway
+            return  # not loaded: it will load with the requested context anyway
         have = loaded.context_length
         if wanted == have:
-            return None
-        if wanted < have:
-            self.event("context_num_ctx_would_reload", node_id=node.node_id,
-                       model=decision.model, requested=wanted, loaded=have, action=self.mode)
-            if self.mode == "strip":
-                del edit()["options"]["num_ctx"]
-                headers["X-Fleet-Context-Protection"] = f"stripped num_ctx={wanted} (loaded {have})"
-            return None
-        sibling = _larger_sibling(loaded, node.loaded.values(), wanted)
-        if sibling is None:
+            return
+        if wanted > have:
+            # the client needs more than is loaded: its num_ctx goes through and Ollama reloads
             self.event("context_reload_needed", node_id=node.node_id, model=decision.model,
                        requested=wanted, loaded=have, action="reload")
-            return None
-        self.event("context_upgrade", node_id=node.node_id, model=decision.model,
-                   upgraded_to=sibling.name, requested=wanted, loaded=sibling.context_length,
-                   action=self.mode)
-        if self.mode != "strip":
-            return None
-        body = edit()
-        body["model"] = sibling.name
-        del body["options"]["num_ctx"]
-        headers["X-Fleet-Context-Upgrade"] = f"{decision.model} -> {sibling.name}"
-        headers["X-Fleet-Served-Model"] = sibling.name
-        return sibling.name
-
-
-def _family(model: LoadedModel) -> str:
-    return str(model.details.get("family") or "")
-
-
-def _larger_sibling(current: LoadedModel, loaded: Any, wanted: int) -> LoadedModel | None:
-    family = _family(current)
-    if not family:
-        return None
-    fits = [
-        m for m in loaded
-        if m.name != current.name and _family(m) == family and m.context_length >= wanted
-    ]
-    # the smallest sibling that fits: enough context without taking the biggest model
-    return min(fits, key=lambda m: (m.size_bytes, m.name), default=None)
+            return
+        self.event("context_num_ctx_would_reload", node_id=node.node_id,
+                   model=decision.model, requested=wanted, loaded=have, action=self.mode)
+        if self.mode == "strip":
+            # Sent as the loaded value, not deleted: a request without num_ctx asks Ollama for its
+            # default context, which reloads a model loaded with an explicit one (ollama#18129).
+            edit()["options"]["num_ctx"] = have
+            note = f"num_ctx={wanted} raised to the loaded {have} (no reload)"
+            headers["X-Fleet-Context-Protection"] = notes["context_protection"] = note
 
 
 class ThinkingMeter:

@@ -45,13 +45,15 @@ def test_router_only_fields_are_stripped():
     assert json.loads(out.body) == {"model": "llama3.2:3b", "messages": []}
 
 
-def test_smaller_num_ctx_is_stripped_to_avoid_a_reload():
+def test_smaller_num_ctx_is_sent_as_the_loaded_one_to_avoid_a_reload():
+    # deleting it would not do: without num_ctx Ollama reloads at its default context
     events = []
     body = {"model": "llama3.2:3b", "options": {"num_ctx": 2048, "temperature": 0}}
-    d = decision(node_loaded=[loaded("llama3.2:3b", 4096)])
+    d = decision(node_loaded=[loaded("llama3.2:3b", 8192)])
     out = shaper(events=events).outbound(route(num_ctx=2048), b"", body, d)
-    assert json.loads(out.body)["options"] == {"temperature": 0}
-    assert "stripped num_ctx=2048" in out.headers["X-Fleet-Context-Protection"]
+    assert json.loads(out.body)["options"] == {"num_ctx": 8192, "temperature": 0}
+    assert out.headers["X-Fleet-Context-Protection"] == \
+        "num_ctx=2048 raised to the loaded 8192 (no reload)"
     assert body["options"]["num_ctx"] == 2048  # the parsed request itself is not mutated
     assert events[0][0] == "context_num_ctx_would_reload"
 
@@ -66,16 +68,27 @@ def test_warn_and_passthrough_keep_num_ctx(mode):
     assert len(events) == (1 if mode == "warn" else 0)
 
 
-def test_bigger_context_moves_to_a_larger_loaded_sibling_on_the_same_node():
-    body = {"model": "llama3.2:3b", "options": {"num_ctx": 16384}}
-    d = decision(node_loaded=[loaded("llama3.2:3b", 4096), loaded("llama3.1:8b", 32768, size=5),
-                              loaded("llama3.3:70b", 131072, size=40),
-                              loaded("qwen2.5:7b", 32768, family="qwen2")])
-    out = shaper().outbound(route(num_ctx=16384), b"", body, d)
-    sent = json.loads(out.body)
-    assert sent["model"] == "llama3.1:8b"  # the smallest sibling that fits, same family
-    assert "num_ctx" not in sent["options"]
-    assert out.headers["X-Fleet-Context-Upgrade"] == "llama3.2:3b -> llama3.1:8b"
+def test_bigger_context_goes_through_and_never_moves_to_another_model():
+    # once a node is chosen the model is never swapped, even for a larger loaded relative
+    events = []
+    body = {"model": "qwen2.5:7b", "options": {"num_ctx": 16384}}
+    d = decision("qwen2.5:7b", node_loaded=[loaded("qwen2.5:7b", 4096, family="qwen2"),
+                                            loaded("deepseek-r1:7b", 32768, family="qwen2"),
+                                            loaded("qwen2.5:14b", 32768, family="qwen2", size=9)])
+    out = shaper(events=events).outbound(route(model="qwen2.5:7b", num_ctx=16384), b"raw", body, d)
+    assert out.body == b"raw" and not out.headers
+    assert events == [("context_reload_needed", {"node_id": "n", "model": "qwen2.5:7b",
+                                                 "requested": 16384, "loaded": 4096,
+                                                 "action": "reload"})]
+
+
+def test_raised_num_ctx_is_in_the_trace_details():
+    body = {"model": "llama3.2:3b", "options": {"num_ctx": 2048}}
+    d = decision(node_loaded=[loaded("llama3.2:3b", 4096)])
+    out = shaper().outbound(route(num_ctx=2048), b"", body, d)
+    assert out.summary() == {"context_protection":
+                             "num_ctx=2048 raised to the loaded 4096 (no reload)"}
+    assert out.observe is None  # nothing to parse in the stream for this
 
 
 def test_bigger_context_without_a_sibling_pays_the_reload():
@@ -115,6 +128,40 @@ def test_thinking_by_capability_and_openai_max_tokens():
     assert json.loads(out.body)["max_tokens"] == 1200
     plain = decision("qwq-lookalike:1", available=[{"name": "qwq-lookalike:1", "capabilities": ["completion"]}])
     assert not is_thinking(plain)  # what the node reports beats the name
+
+
+def test_qwen3_is_known_by_name_when_the_node_reports_no_capabilities():
+    assert is_thinking(decision("qwen3:8b", available=["qwen3:8b"]))
+    assert not is_thinking(decision("qwen3-coder:30b", available=["qwen3-coder:30b"]))
+
+
+@pytest.mark.parametrize("api,extra", [
+    ("ollama", {"think": False}),
+    ("openai", {"reasoning_effort": "none"}),
+    ("openai", {"reasoning": {"effort": "none"}}),
+])
+def test_no_thinking_budget_when_the_request_turns_thinking_off(api, extra):
+    d = decision("deepseek-r1:7b", available=["deepseek-r1:7b"])
+    body = {"model": "deepseek-r1:7b", "options": {"num_predict": 5}, "max_tokens": 5, **extra}
+    out = shaper().outbound(route(api, "deepseek-r1:7b", num_predict=5), b"raw", body, d)
+    assert out.body == b"raw" and "X-Thinking-Budget" not in out.headers
+
+
+@pytest.mark.parametrize("think", [True, "low", "high", "max", None])
+def test_thinking_budget_when_the_model_will_think(think):
+    d = decision("deepseek-r1:7b", available=["deepseek-r1:7b"])
+    body = {"model": "deepseek-r1:7b", "options": {"num_predict": 5}}
+    if think is not None:
+        body["think"] = think
+    out = shaper().outbound(route(model="deepseek-r1:7b", num_predict=5), b"", body, d)
+    assert out.headers["X-Thinking-Budget"] == "1024"
+
+
+def test_gpt_oss_thinks_whatever_a_boolean_says():
+    d = decision("gpt-oss:20b", available=["gpt-oss:20b"])
+    body = {"model": "gpt-oss:20b", "think": False, "options": {"num_predict": 5}}
+    out = shaper().outbound(route(model="gpt-oss:20b", num_predict=5), b"", body, d)
+    assert out.headers["X-Thinking-Budget"] == "1024"
 
 
 def test_bad_protection_mode_is_refused():

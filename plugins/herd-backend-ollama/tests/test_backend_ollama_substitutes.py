@@ -1,11 +1,20 @@
-from herd_backend_ollama.substitutes import pull_target, vram_substitute
+import pytest
+from herd_backend_ollama.substitutes import (
+    larger_hot_sibling,
+    model_line,
+    parameter_count,
+    pull_target,
+    vram_substitute,
+)
+
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, structure
 from herd_kernel.testing import heartbeat_payload
 
 
-def m(name, family, size=1, caps=()):
-    return {"name": name, "size_bytes": size, "details": {"family": family}, "capabilities": list(caps)}
+def m(name, family, size=1, caps=(), params="", ctx=0):
+    return {"name": name, "size_bytes": size, "context_length": ctx, "capabilities": list(caps),
+            "details": {"family": family, "parameter_size": params}}
 
 
 def nodes(*beats):
@@ -15,24 +24,69 @@ def nodes(*beats):
     return list(fleet.nodes.values())
 
 
-def test_same_family_first_then_same_kind_closest_in_size():
-    ns = nodes(heartbeat_payload("a", available=[m("qwen2.5:7b", "qwen2", 5)],
-                                 loaded=[m("llama3.2:3b", "llama", 2), m("qwen2.5:3b", "qwen2", 2),
-                                         m("nomic-embed-text", "nomic-bert", 1, ["embedding"])]))
-    assert vram_substitute(ns, "qwen2.5:7b") == "qwen2.5:3b"
-    ns = nodes(heartbeat_payload("a", available=[m("qwen2.5:7b", "qwen2", 5)],
-                                 loaded=[m("llama3.2:3b", "llama", 2), m("llama3.1:8b", "llama", 5),
-                                         m("nomic-embed-text", "nomic-bert", 5, ["embedding"])]))
-    assert vram_substitute(ns, "qwen2.5:7b") == "llama3.1:8b"  # same kind, closest size
+def test_line_and_parameter_size():
+    assert model_line("qwen2.5:7b") == "qwen2.5" and model_line("Qwen2.5") == "qwen2.5"
+    assert model_line("qwen2.5-coder:14b") == "qwen2.5-coder"
+    assert model_line("localhost:5000/team/m:q4") == "localhost:5000/team/m"
+    assert parameter_count({"parameter_size": "7.6B"}) == pytest.approx(7.6e9)
+    assert parameter_count({"parameter_size": "137M"}) == pytest.approx(1.37e8)
+    assert parameter_count({"parameter_size": ""}) is None
+    assert parameter_count({}) is None
 
 
-def test_no_substitute_when_loaded_unknown_or_only_other_kinds():
-    ns = nodes(heartbeat_payload("a", loaded=[m("qwen2.5:7b", "qwen2")]))
-    assert vram_substitute(ns, "qwen2.5:7b") is None  # loaded after all
-    assert vram_substitute(ns, "unknown:1b") is None
+QWEN7 = m("qwen2.5:7b", "qwen2", 5, ["completion"], "7.6B")
+
+
+def test_only_a_strictly_larger_model_of_the_same_line():
+    ns = nodes(heartbeat_payload("a", available=[QWEN7], loaded=[
+        m("deepseek-r1:7b", "qwen2", 5, ["completion", "thinking"], "7.6B"),  # same family
+        m("qwen2.5-coder:14b", "qwen2", 9, ["completion"], "14.8B"),  # another line
+        m("qwen2.5:3b", "qwen2", 2, ["completion"], "3.1B"),  # smaller
+        m("llama3.1:8b", "llama", 5, ["completion"], "8.0B"),  # same kind
+    ]))
+    assert vram_substitute(ns, "qwen2.5:7b") is None
+    ns = nodes(heartbeat_payload("a", available=[QWEN7], loaded=[
+        m("qwen2.5:72b", "qwen2", 47, ["completion"], "72.7B")]),
+        heartbeat_payload("b", loaded=[m("qwen2.5:14b", "qwen2", 9, ["completion"], "14.8B")]))
+    assert vram_substitute(ns, "qwen2.5:7b") == "qwen2.5:14b"  # the smallest larger one
+
+
+def test_size_on_disk_when_parameter_size_is_unknown():
+    ns = nodes(heartbeat_payload("a", available=[m("mine:small", "x", 5)],
+                                 loaded=[m("mine:big", "x", 9)]))
+    assert vram_substitute(ns, "mine:small") == "mine:big"
+    assert vram_substitute(nodes(heartbeat_payload("a", available=[m("mine:small", "x", 9)],
+                                                   loaded=[m("mine:big", "x", 9)])),
+                           "mine:small") is None
+
+
+def test_never_a_thinking_model_for_a_non_thinking_one():
+    ns = nodes(heartbeat_payload("a", available=[m("mix:8b", "x", 5, ["completion"], "8B")],
+                                 loaded=[m("mix:32b", "x", 20, ["completion", "thinking"], "32B")]))
+    assert vram_substitute(ns, "mix:8b") is None
+    ns = nodes(heartbeat_payload("a", available=[m("qwen3:8b", "qwen3", 5, [], "8.2B")],
+                                 loaded=[m("qwen3:32b", "qwen3", 20, [], "32.8B")]))
+    assert vram_substitute(ns, "qwen3:8b") == "qwen3:32b"  # both think (by name)
+
+
+def test_never_when_the_requested_model_is_hot_or_unknown():
+    ns = nodes(heartbeat_payload("a", loaded=[QWEN7]),
+               heartbeat_payload("b", loaded=[m("qwen2.5:14b", "qwen2", 9, [], "14.8B")]))
+    assert vram_substitute(ns, "qwen2.5:7b") is None  # loaded on a: never swapped
+    assert vram_substitute(ns, "qwen2.5:1b") is None  # on no node: nothing to compare with
+
+
+def test_a_context_upgrade_needs_the_context():
+    ns = nodes(heartbeat_payload("a", available=[QWEN7], loaded=[
+        m("qwen2.5:14b", "qwen2", 9, [], "14.8B", ctx=8192)]))
+    assert larger_hot_sibling(ns, "qwen2.5:7b", min_context=16384) is None
+    assert larger_hot_sibling(ns, "qwen2.5:7b", min_context=8192) == "qwen2.5:14b"
+
+
+def test_an_embedding_model_is_never_served_by_a_chat_model():
     ns = nodes(heartbeat_payload("a", available=[m("all-minilm", "bert", 1, ["embedding"])],
-                                 loaded=[m("llama3.2:3b", "llama")]))
-    assert vram_substitute(ns, "all-minilm") is None  # a chat model cannot embed
+                                 loaded=[m("llama3.2:3b", "llama", 2)]))
+    assert vram_substitute(ns, "all-minilm") is None
 
 
 def test_pull_target_prefers_free_disk_among_healthy_online_nodes():
