@@ -111,7 +111,9 @@ async def test_a_node_elsewhere_is_pending_gets_no_traffic_and_joins_once_approv
         async with http.get(f"{router.url}/api/tags") as r:
             assert (await r.json())["models"] == []
         async with http.post(f"{router.url}/api/chat", json=CHAT) as r:
-            assert r.status == 404  # as far as routing knows, nobody has the model
+            # as far as routing knows, nobody has the model; in the router's first seconds, with
+            # no admitted node reporting yet, that is "still reporting", not a final 404
+            assert r.status == 503 and "fleet still reporting" in (await r.json())["error"]
 
         # the owner lists the nodes and admits one, with the real command line
         capsys.readouterr()
