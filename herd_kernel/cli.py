@@ -19,7 +19,6 @@ from typing import Any
 import aiohttp
 import attrs
 import structlog
-from aiohttp import web
 
 from herd_kernel import __version__
 from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS, Config, SettingError, resolve

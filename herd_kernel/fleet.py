@@ -9,8 +9,8 @@ import asyncio
 import collections
 import ipaddress
 import time
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 

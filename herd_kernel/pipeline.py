@@ -149,7 +149,8 @@ class Pipeline:
                 elif not exc.node_fault:
                     node_ok = None
                 # nothing has reached the client yet: try the next-best node, never this one again
-                attempts.append(Attempt(node_id=node.node_id, outcome=exc.reason, status=exc.status))
+                attempts.append(
+                    Attempt(node_id=node.node_id, outcome=exc.reason, status=exc.status))
                 exclude.add(node.node_id)
                 if len(attempts) > max_retries:
                     return self._all_failed(route, attempts, started)
@@ -289,7 +290,8 @@ class Pipeline:
                         del tail[: len(tail) - _TAIL]
                 if len(pending) > max_frame:
                     error = (f"node {decision.node.node_id} sent a frame over "
-                             f"{max_frame / 2**20:g} MiB (FLEET_MAX_FRAME_MB); the stream was ended")
+                             f"{max_frame / 2**20:g} MiB (FLEET_MAX_FRAME_MB); "
+                             "the stream was ended")
                     pending = b""
                     break
                 try:
@@ -370,7 +372,8 @@ class Pipeline:
         reporting = self.services.scorer.still_reporting() if decision.kind == "unknown_model" \
             else None
         if reporting is not None:  # not known *yet*: a 404 now would be a lie a client caches
-            message = f"fleet still reporting: model '{route.model}' is not listed yet ({reporting[0]})"
+            message = (f"fleet still reporting: model '{route.model}' is not listed yet "
+                       f"({reporting[0]})")
             status = 503
         elif decision.kind == "unknown_model":  # also: every node that had it has lost it
             message = not_found(route.model)

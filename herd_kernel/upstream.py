@@ -277,7 +277,7 @@ class Response:
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; ``AnswerTooLarge`` (and the connection closed) past ``limit`` bytes."""
         if limit is not None and self._framing == "length":
-            declared = int(self.headers["content-length"]) if "content-length" in self.headers else 0
+            declared = int(self.headers.get("content-length") or 0)
             if declared > limit:
                 self._conn.close()
                 raise AnswerTooLarge(f"the answer is {declared} bytes (limit {limit})")

@@ -79,7 +79,9 @@ class BadRequest(Exception):
         self.status = status
 
 
-async def read_body(request: web.Request, max_bytes: int, idle_timeout: float | None = None) -> bytes:
+async def read_body(
+    request: web.Request, max_bytes: int, idle_timeout: float | None = None
+) -> bytes:
     """The whole body, however it arrives (any number of writes, ``Content-Length`` or chunked,
     ``gzip``/``deflate``, which aiohttp inflates a bounded piece at a time as it is read), or
     ``BadRequest``: 413 past ``max_bytes`` (counted after inflation, so a small bomb stops at the

@@ -18,7 +18,7 @@ import stat
 import aiohttp
 import attrs
 import pytest
-from herd_sim import PROFILES, SimFleet
+from herd_sim import PROFILES
 
 from herd_kernel import auth
 from herd_kernel.admission import NODE_KEY_HEADER, NODE_SIGNATURE_HEADER, fingerprint
@@ -63,20 +63,12 @@ async def cli(*argv: str) -> int:
 
 
 @pytest.fixture
-async def sims():
-    fleets: list[SimFleet] = []
+def sims(sim_fleet):
+    def start(*names: str):
+        return sim_fleet(*(attrs.evolve(PROFILES["medium"], name=name, loaded=(MODEL,),
+                                        models=(MODEL,)) for name in names), time_scale=0.01)
 
-    async def start(*names: str) -> SimFleet:
-        profiles = [attrs.evolve(PROFILES["medium"], name=name, loaded=(MODEL,), models=(MODEL,))
-                    for name in names]
-        fleet = SimFleet(profiles, time_scale=0.01)
-        await fleet.start()
-        fleets.append(fleet)
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        await fleet.stop()
+    return start
 
 
 # --- this machine, and the default: pending ------------------------------------------------------

@@ -10,7 +10,7 @@ import json
 import aiohttp
 import attrs
 import pytest
-from herd_sim import PROFILES, Fault, SimFleet
+from herd_sim import PROFILES, Fault
 
 from herd_kernel.testing import heartbeat_payload, wait_for
 
@@ -20,20 +20,12 @@ CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "str
 
 
 @pytest.fixture
-async def sim():
-    fleets: list[SimFleet] = []
+def sim(sim_fleet):
+    def start(*names: str):
+        return sim_fleet(*(attrs.evolve(PROFILES["medium"], name=n, loaded=(MODEL,), models=(MODEL,),
+                                        num_parallel=4) for n in names))
 
-    async def start(*names: str) -> SimFleet:
-        profiles = [attrs.evolve(PROFILES["medium"], name=n, loaded=(MODEL,), models=(MODEL,),
-                                 num_parallel=4) for n in names]
-        fleet = SimFleet(profiles, time_scale=0.02)
-        await fleet.start()
-        fleets.append(fleet)
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        await fleet.stop()
+    return start
 
 
 async def post(http, url, body, path="/api/chat"):

@@ -11,7 +11,7 @@ import aiohttp
 import attrs
 import openai
 import pytest
-from herd_sim import PROFILES, Fault, SimFleet
+from herd_sim import PROFILES, Fault
 
 from herd_kernel.testing import wait_for
 
@@ -27,18 +27,8 @@ def profile(name: str, loaded: tuple[str, ...] = (MODEL,), **changes):
 
 
 @pytest.fixture
-async def sims():
-    fleets: list[SimFleet] = []
-
-    async def start(*profiles, time_scale: float = 0.02) -> SimFleet:
-        fleet = SimFleet(list(profiles), time_scale=time_scale)
-        await fleet.start()
-        fleets.append(fleet)
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        await fleet.stop()
+def sims(sim_fleet):
+    return sim_fleet
 
 
 async def herd_over(fleet, herd_router, herd_agent, *, parallel: int = 1, env=None,

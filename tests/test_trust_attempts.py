@@ -246,7 +246,8 @@ async def test_a_slow_client_pauses_a_fast_node(herd_router, nodes):
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.setblocking(False)
-    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", int(router.url.rsplit(":")[-1])))
+    port = int(router.url.rsplit(":")[-1])
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
     reader, writer = await asyncio.open_connection(sock=sock)
     body = json.dumps({**CHAT, "stream": True}).encode()
     writer.write(b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"

@@ -22,9 +22,9 @@ import attrs
 from aiohttp import web
 
 from herd_sim.catalogue import CATALOGUE, GIB, REFERENCE_SIZE_BYTES, ModelSpec, NodeProfile, lookup
+from herd_sim.compat_api import compat_routes
 from herd_sim.faults import Dropped, Fault, FaultBoard, Reply, reset_connection
 from herd_sim.native import native_routes
-from herd_sim.compat_api import compat_routes
 from herd_sim.openai_api import openai_error, openai_routes
 from herd_sim.scheduler import Runner, Scheduler
 from herd_sim.wire import (

@@ -2,11 +2,11 @@
 
 import aiohttp
 import attrs
+from herd_sim import PROFILES, SimNode
 
 from herd_kernel.api import NodeContext
 from herd_kernel.models import Heartbeat, structure
 from herd_kernel.testing import make_config, make_host
-from herd_sim import PROFILES, SimNode
 
 
 async def test_sensor_is_off_unless_asked_for():

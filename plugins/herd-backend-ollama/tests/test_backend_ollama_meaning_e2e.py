@@ -9,7 +9,7 @@ import json
 import aiohttp
 import attrs
 import pytest
-from herd_sim import PROFILES, SimFleet
+from herd_sim import PROFILES
 
 from herd_kernel.testing import wait_for
 
@@ -22,18 +22,8 @@ def profile(name: str, models, loaded=(), **changes):
 
 
 @pytest.fixture
-async def sims():
-    fleets: list[SimFleet] = []
-
-    async def start(*profiles) -> SimFleet:
-        fleet = SimFleet(list(profiles), time_scale=0.01)
-        await fleet.start()
-        fleets.append(fleet)
-        return fleet
-
-    yield start
-    for fleet in fleets:
-        await fleet.stop()
+def sims(sim_fleet):
+    return lambda *profiles: sim_fleet(*profiles, time_scale=0.01)
 
 
 async def load(node, model: str, num_ctx: int) -> None:
