@@ -153,9 +153,9 @@ def _real(value: Any) -> float | None:
 def _json(value: Any) -> str:
     """JSON text for a TEXT column; whatever ``value`` holds, this returns valid JSON."""
     try:
-        text = json.dumps(value, ensure_ascii=False, allow_nan=False, default=_json_default)
+        text = _ENCODER.encode(value)
     except (TypeError, ValueError, RecursionError):  # NaN, a cycle, a tuple key, a huge int
-        text = json.dumps(_plain(value, _JSON_DEPTH), ensure_ascii=False, allow_nan=False)
+        text = _ENCODER.encode(_plain(value, _JSON_DEPTH))
     return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
 
 
@@ -165,6 +165,9 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return list(value)
     return _describe(value)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_json_default)
 
 
 def _plain(value: Any, depth: int) -> Any:
