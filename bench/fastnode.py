@@ -18,6 +18,13 @@ port). Answers instantly:
 The request body is never parsed: only ``Content-Length`` is read, and the body is searched for
 ``"stream"`` (and ``"include_usage"``). Uses uvloop when it is importable. Also a library:
 ``url, close = await start_fastnode()``.
+
+``--flood MODE`` (``start_fastnode(flood=MODE)``) makes ``POST /api/chat`` and ``/api/generate``
+answer with as many bytes as the socket takes, for ``--flood-seconds`` (then the answer ends, or the
+connection closes) or until the client goes: ``lines`` streams NDJSON lines of about 1 KB,
+``no-newline`` one endless line, ``huge-whole`` one JSON object announced with a ``Content-Length``
+of 2 GB. It writes only while the transport is not paused, so the reader sets the pace
+(``bench/slow_reader.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -201,16 +209,144 @@ class FastNode(asyncio.Protocol):
         self.buffer = buffer
 
 
+# --- flood answers: bytes as fast as the reader takes them ---------------------------------------
+
+FLOOD_MODES = ("lines", "no-newline", "huge-whole")
+HUGE_WHOLE = 2_000_000_000  # the Content-Length a huge-whole answer announces
+_FLOOD_BLOCK = 64 * 1024
+_FLOOD_BURST = 16  # blocks written per loop turn, so one flood cannot starve the event loop
+_FLOOD_PATHS = (b"/api/chat", b"/api/generate")
+
+
+def _chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+class _Flood:
+    """One flood answer's bytes: a head, a block repeated, an end."""
+
+    def __init__(self, mode: str, model: str) -> None:
+        self.mode = mode
+        base = {"model": model, "created_at": CREATED_AT}
+        if mode == "huge-whole":
+            opening = _json({**base, "message": {"role": "assistant", "content": ""}})
+            opening = opening[:opening.rindex(b'""') + 1]  # ...,"content":"  (left open)
+            closing = b'"},' + _json({"done": True, "done_reason": "stop", **COUNTERS})[1:]
+            self.head = (b"HTTP/1.1 200 OK\r\nContent-Type: " + JSON + b"\r\nContent-Length: "
+                         + str(HUGE_WHOLE).encode() + b"\r\n\r\n" + opening)
+            self.block = b"x" * _FLOOD_BLOCK
+            self.end = closing
+            self.remaining = HUGE_WHOLE - len(opening) - len(closing)
+            return
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\n"
+        self.head = head + b"Transfer-Encoding: chunked\r\n\r\n"
+        self.remaining = -1  # until the time is up
+        if mode == "lines":
+            line = _json({**base, "message": {"role": "assistant", "content": "x" * 900},
+                          "done": False}) + b"\n"
+            self.block = _chunk(line * max(1, _FLOOD_BLOCK // len(line)))
+            final = _json({**base, "message": {"role": "assistant", "content": ""},
+                           "done": True, "done_reason": "stop", **COUNTERS}) + b"\n"
+            self.end = _chunk(final) + b"0\r\n\r\n"
+        else:  # no-newline: one line that never ends; the connection closes when time is up
+            opening = _json({**base, "message": {"role": "assistant", "content": ""}})
+            self.head += _chunk(opening[:opening.rindex(b'""') + 1])
+            self.block = _chunk(b"x" * _FLOOD_BLOCK)
+            self.end = b""
+
+
+class FloodNode(FastNode):
+    """FastNode whose chat and generate answers are floods; everything else as FastNode."""
+
+    def __init__(self, answers: Answers, variants: Variants, open_: set[asyncio.Transport],
+                 mode: str, seconds: float, model: str) -> None:
+        super().__init__(answers, variants, open_)
+        self.mode, self.seconds, self.model = mode, seconds, model
+        self.pending = b""
+        self.flood: _Flood | None = None
+        self.deadline = 0.0
+        self.paused = False
+        self.scheduled = False
+
+    def data_received(self, data: bytes) -> None:
+        if self.flood is not None:
+            return  # the client's bytes while we flood it: nothing to answer
+        if self.buffer:  # FastNode holds part of a request it is reading
+            super().data_received(data)
+            return
+        buffer = self.pending + data
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            self.pending = buffer
+            return
+        method, target, _ = buffer[:end].split(b" ", 2)
+        if method != b"POST" or target.split(b"?", 1)[0] not in _FLOOD_PATHS:
+            self.pending = b""
+            super().data_received(buffer)
+            return
+        head = buffer[:end].lower()
+        at = head.find(b"\r\ncontent-length:")
+        length = 0
+        if at >= 0:
+            stop = head.find(b"\r\n", at + 17)
+            length = int(head[at + 17:stop if stop >= 0 else end])
+        if len(buffer) < end + 4 + length:
+            self.pending = buffer
+            return
+        self.pending = b""
+        self.flood = _Flood(self.mode, self.model)
+        self.deadline = time.monotonic() + self.seconds
+        assert self.transport is not None
+        self.transport.write(self.flood.head)
+        self._pump()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self._pump()
+
+    def _pump(self) -> None:
+        self.scheduled = False
+        flood, transport = self.flood, self.transport
+        if flood is None or transport is None or transport.is_closing():
+            return
+        for _ in range(_FLOOD_BURST):
+            if self.paused or transport.is_closing():
+                return  # resume_writing calls again; a closed one is done
+            if time.monotonic() >= self.deadline or flood.remaining == 0:
+                if flood.remaining <= 0:  # a whole answer cut short cannot end properly
+                    transport.write(flood.end)
+                transport.close()
+                return
+            block = flood.block
+            if flood.remaining > 0:
+                block = block[:flood.remaining]
+                flood.remaining -= len(block)
+            transport.write(block)
+        if not self.scheduled:
+            self.scheduled = True
+            asyncio.get_running_loop().call_soon(self._pump)
+
+
 async def start_fastnode(
-    port: int = 0, model: str = MODEL
+    port: int = 0, model: str = MODEL, *, flood: str | None = None, flood_seconds: float = 10.0
 ) -> tuple[str, Callable[[], Awaitable[None]]]:
     """Serve on 127.0.0.1:``port`` (0: a free one) in the running loop; returns the URL and an
-    async ``close`` that stops listening and drops open connections."""
+    async ``close`` that stops listening and drops open connections. ``flood``: one of
+    ``FLOOD_MODES`` for chat and generate answers that never stop on their own before
+    ``flood_seconds``."""
     answers, variants = build_answers(model)
     open_: set[asyncio.Transport] = set()
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: FastNode(answers, variants, open_), "127.0.0.1", port, backlog=1024)
+
+    def protocol() -> FastNode:
+        if flood is None:
+            return FastNode(answers, variants, open_)
+        return FloodNode(answers, variants, open_, flood, flood_seconds, model)
+
+    server = await loop.create_server(protocol, "127.0.0.1", port, backlog=1024)
     bound = server.sockets[0].getsockname()[1]
 
     async def close() -> None:
@@ -222,8 +358,8 @@ async def start_fastnode(
     return f"http://127.0.0.1:{bound}", close
 
 
-async def _serve(port: int, model: str) -> None:
-    url, close = await start_fastnode(port, model)
+async def _serve(port: int, model: str, flood: str | None, flood_seconds: float) -> None:
+    url, close = await start_fastnode(port, model, flood=flood, flood_seconds=flood_seconds)
     print(url, flush=True)
     try:
         await asyncio.Event().wait()  # until the process is signalled
@@ -235,8 +371,11 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=11434, help="0 picks a free port")
     parser.add_argument("--model", default=MODEL, help="the one model it has, loaded")
+    parser.add_argument("--flood", choices=FLOOD_MODES, help="chat/generate answers that flood")
+    parser.add_argument("--flood-seconds", type=float, default=10.0)
     args = parser.parse_args()
     try:
-        (uvloop.run if uvloop is not None else asyncio.run)(_serve(args.port, args.model))
+        (uvloop.run if uvloop is not None else asyncio.run)(
+            _serve(args.port, args.model, args.flood, args.flood_seconds))
     except KeyboardInterrupt:
         pass

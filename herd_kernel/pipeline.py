@@ -510,7 +510,16 @@ def _error_text(text: str) -> str:
 
 
 def _final_counts(data: bytes, api: Api, *, whole: bool) -> dict[str, int | None]:
-    """Token counts from the last JSON object of a response (Ollama final chunk or OpenAI usage)."""
+    """Token counts from the last JSON object of a response (Ollama final chunk or OpenAI usage).
+
+    A node's JSON is not trusted: a count is a whole number from 0 to 2**63 - 1 (SQLite's
+    INTEGER), else None; ``"12"``, ``true``, ``1.5``, ``1e400`` or ``[1]`` are not counts."""
+
+    def count(value: object) -> int | None:
+        if isinstance(value, float) and value.is_integer():  # 12.0 (inf and nan are not)
+            value = int(value)
+        return value if type(value) is int and 0 <= value < 1 << 63 else None
+
     text = data.decode("utf-8", "replace")
     if whole:
         candidates = [text]
@@ -520,19 +529,19 @@ def _final_counts(data: bytes, api: Api, *, whole: bool) -> dict[str, int | None
     for candidate in candidates:
         try:
             obj = json.loads(candidate)
-        except ValueError:
+        except ValueError:  # also a number of more than 4,300 digits
             continue
         if not isinstance(obj, dict):
             continue
         usage = obj.get("usage")
         if isinstance(usage, dict):
             return {
-                "prompt_tokens": usage.get("prompt_tokens"),
-                "completion_tokens": usage.get("completion_tokens"),
+                "prompt_tokens": count(usage.get("prompt_tokens")),
+                "completion_tokens": count(usage.get("completion_tokens")),
             }
         if "eval_count" in obj or "prompt_eval_count" in obj:
             return {
-                "prompt_tokens": obj.get("prompt_eval_count"),
-                "completion_tokens": obj.get("eval_count"),
+                "prompt_tokens": count(obj.get("prompt_eval_count")),
+                "completion_tokens": count(obj.get("eval_count")),
             }
     return {"prompt_tokens": None, "completion_tokens": None}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -69,32 +71,121 @@ _STOP = object()
 
 
 def trace_row(trace: Trace) -> tuple[Any, ...]:
-    fallback = trace.model if trace.original_model and trace.model != trace.original_model else None
+    """The row for ``trace``, every value one SQLite takes: a trace carries text and numbers from
+    clients and nodes (a header decoded with surrogateescape, a model name with a lone surrogate,
+    a token count of ``"12"`` or ``1e400``), and one value SQLite refuses fails a whole batch."""
+    model = _text(trace.model) or ""
+    original = _text(trace.original_model) or model
+    timestamp = _real(trace.timestamp)
     return (
-        trace.request_id,
-        trace.timestamp,
-        trace.model,
-        trace.original_model or trace.model,
-        trace.node_id,
-        trace.status,
-        trace.http_status,
-        trace.api,
-        trace.path,
-        int(trace.stream),
-        trace.latency_ms,
-        trace.ttft_ms,
-        trace.prompt_tokens,
-        trace.completion_tokens,
-        trace.retries,
-        fallback,
-        trace.score,
-        json.dumps(trace.score_breakdown),
-        json.dumps([{"node_id": a.node_id, "outcome": a.outcome, "status": a.status}
-                    for a in trace.attempts]),
-        json.dumps(list(trace.tags)),
-        trace.error_message,
-        json.dumps(trace.details) if trace.details else None,
+        _text(trace.request_id) or "",
+        time.time() if timestamp is None else timestamp,
+        model,
+        original,
+        _text(trace.node_id),
+        _text(trace.status) or "",
+        _integer(trace.http_status),
+        _text(trace.api),
+        _text(trace.path),
+        int(trace.stream is True),
+        _real(trace.latency_ms),
+        _real(trace.ttft_ms),
+        _integer(trace.prompt_tokens),
+        _integer(trace.completion_tokens),
+        _integer(trace.retries) or 0,
+        model if original != model else None,
+        _real(trace.score),
+        _json(trace.score_breakdown),
+        _json([{"node_id": a.node_id, "outcome": a.outcome, "status": a.status}
+               for a in trace.attempts]),
+        _json(list(trace.tags)),
+        _text(trace.error_message),
+        _json(trace.details) if trace.details else None,
     )
+
+
+# --- making values storable: never raises, never yields invalid UTF-8 -------------------------
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INT64 = (-(1 << 63), (1 << 63) - 1)
+_JSON_DEPTH = 32
+
+
+def _text(value: Any) -> str | None:
+    """Valid UTF-8 text: a lone surrogate becomes U+FFFD, bytes are decoded with replacement."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    return _text(_describe(value))
+
+
+def _describe(value: Any) -> str:
+    """``str(value)`` that cannot raise (a 5,000-digit int or a broken ``__str__`` do)."""
+    try:
+        return str(value)
+    except Exception:  # noqa: BLE001 - any object may come through a plugin's details
+        return f"<{type(value).__name__}>"
+
+
+def _integer(value: Any) -> int | None:
+    """An integral number in SQLite's int64 range, else None (``True``, ``"12"``, ``1.5``, 2**63)."""
+    if isinstance(value, float) and value.is_integer():  # inf and nan are not
+        value = int(value)
+    if type(value) is int and _INT64[0] <= value <= _INT64[1]:
+        return value
+    return None
+
+
+def _real(value: Any) -> float | None:
+    """A finite float, else None (SQLite stores inf, and NaN as NULL, but JSON readers choke)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:  # an int beyond a double
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _json(value: Any) -> str:
+    """JSON text for a TEXT column; whatever ``value`` holds, this returns valid JSON."""
+    try:
+        text = _ENCODER.encode(value)
+    except (TypeError, ValueError, RecursionError):  # NaN, a cycle, a tuple key, a huge int
+        text = _ENCODER.encode(_plain(value, _JSON_DEPTH))
+    return text if text.isascii() else _SURROGATE.sub("\ufffd", text)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    return _describe(value)
+
+
+_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, default=_json_default)
+
+
+def _plain(value: Any, depth: int) -> Any:
+    """``value`` as JSON-safe data: finite floats, int64 ints, string keys, bounded depth."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, int):
+        return _integer(value)
+    if isinstance(value, float):
+        return _real(value)
+    if depth <= 0:
+        return None
+    if isinstance(value, dict):
+        return {k if isinstance(k, str) else _describe(k): _plain(v, depth - 1)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_plain(v, depth - 1) for v in value]
+    return _plain(_json_default(value), depth - 1)
 
 
 class TraceStore:
@@ -107,6 +198,7 @@ class TraceStore:
         self.db: aiosqlite.Connection | None = None
         self.written = 0
         self.dropped = 0
+        self.failed = 0  # rows SQLite refused even alone (each logged)
         self._writer: asyncio.Task[None] | None = None
         self._last_prune = 0.0
 
@@ -161,21 +253,55 @@ class TraceStore:
             while len(batch) < BATCH and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             stop = any(item is _STOP for item in batch)
-            rows = [trace_row(t) for t in batch if t is not _STOP]
             try:
-                if rows:
-                    await self.db.executemany(_INSERT, rows)
-                    await self.db.commit()
-                    self.written += len(rows)
+                await self._write([t for t in batch if t is not _STOP])
                 if time.time() - self._last_prune > 3600:
                     await self.prune()
             except Exception as exc:  # noqa: BLE001 - a disk problem must not stop the router
-                log.error("trace write failed", error=repr(exc), rows=len(rows))
+                log.error("trace write failed", error=repr(exc), rows=len(batch))
             finally:
                 for _ in batch:
                     self.queue.task_done()
             if stop:
                 return
+
+    async def _write(self, traces: list[Trace]) -> None:
+        """One ``executemany`` for the batch; if SQLite refuses it, the batch is rolled back and
+        written row by row, so one bad row costs only itself (logged with its request id, counted
+        in ``failed``)."""
+        assert self.db is not None
+        rows = []
+        for trace in traces:
+            try:
+                rows.append((trace, trace_row(trace)))
+            except Exception as exc:  # noqa: BLE001 - a trace we cannot even turn into a row
+                self._row_failed(trace, exc)
+        if not rows:
+            return
+        try:
+            await self.db.executemany(_INSERT, [row for _, row in rows])
+            await self.db.commit()
+            self.written += len(rows)
+            return
+        except Exception as exc:  # noqa: BLE001 - find the row SQLite refused
+            log.warning("trace batch refused; writing it row by row", rows=len(rows),
+                        error=repr(exc))
+            await self.db.rollback()  # rows before the bad one are in the open transaction
+        written = 0
+        for trace, row in rows:
+            try:
+                await self.db.execute(_INSERT, row)
+                written += 1
+            except Exception as exc:  # noqa: BLE001
+                self._row_failed(trace, exc)
+        await self.db.commit()
+        self.written += written
+
+    def _row_failed(self, trace: Any, exc: Exception) -> None:
+        self.failed += 1
+        # the exception itself, not exc_info=True: log records are formatted on another thread
+        log.error("trace row not written", request_id=_text(getattr(trace, "request_id", None)),
+                  failed=self.failed, exc_info=exc)
 
     async def prune(self) -> int:
         assert self.db is not None
