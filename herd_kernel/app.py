@@ -342,6 +342,9 @@ def fleet_status(services: Services) -> dict[str, Any]:
         "nodes": nodes,
         "queues": queue["queues"],
         "holding": queue["holding"],
+        "trace_store": {  # written, dropped (queue full), failed (refused by SQLite), waiting
+            "written": services.store.written, "dropped": services.store.dropped,
+            "failed": services.store.failed, "queued": services.store.queue.qsize()},
         "router_version": __version__,
         "timestamp": time.time(),
     }

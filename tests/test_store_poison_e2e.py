@@ -129,3 +129,7 @@ async def test_poisoned_traces_lose_no_row(herd_router, fake_node, tmp_path):
     assert ["req-\ufffd\ufffd-latin"] == [rid for rid in by_id if rid.startswith("req-")]
     assert [row[1] for row in rows if row[1] != MODEL] == ["\ufffd"]
     assert router.services.store.failed == 0
+    async with aiohttp.ClientSession() as http:  # what an operator (and the health checks) see
+        async with http.get(f"{router.url}/fleet/status") as r:
+            store = (await r.json())["trace_store"]
+    assert store == {"written": len(rows), "dropped": 0, "failed": 0, "queued": 0}
