@@ -650,7 +650,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     services.upstream = Upstream(connect_timeout=config["FLEET_CONNECT_TIMEOUT"],
                                  read_timeout=config["FLEET_READ_TIMEOUT"])
     await services.store.open()
-    services.latency.restore(await services.store.recent_latencies(WINDOW))
+    recent = await services.store.recent_latencies(WINDOW)
+    services.latency.restore(recent)
+    services.scorer.expected = {node_id for node_id, _model, _ms in recent}
     sweeper = asyncio.create_task(services.fleet.run_sweeper(), name="herd-fleet-sweeper")
     queue_pass = asyncio.create_task(services.queues.run(), name="herd-queues")
     await services.host.lifecycle("herd_startup", services)

@@ -65,15 +65,24 @@ class Scorer:
         self._broken: set[str] = set()
         self.started = fleet.clock()  # the router's start: nodes report within a heartbeat or so
         self.report_window = float(config["FLEET_HEARTBEAT_OFFLINE"])
+        # nodes that served requests before this start (from the trace store): until they report
+        # again (or the window ends), a model the fleet does not list may be one of theirs
+        self.expected: set[str] = set()
 
     def still_reporting(self) -> tuple[str, int] | None:
         """Why the fleet cannot yet say a model does not exist, and the seconds to wait; None
         once every live node has reported a model list. Only unknown-model answers ask."""
         nodes = self.fleet.nodes.values()
         since = self.fleet.clock() - self.started
-        if since < self.report_window and not any(n.heartbeat.ollama for n in nodes):
-            reason = f"the router started {since:.0f} s ago and no node has reported its models yet"
-            return reason, max(1, min(5, math.ceil(self.report_window - since)))
+        if since < self.report_window:
+            wait = max(1, min(5, math.ceil(self.report_window - since)))
+            if not any(n.heartbeat.ollama for n in nodes):
+                return (f"the router started {since:.0f} s ago and no node has reported its "
+                        "models yet"), wait
+            missing = sorted(self.expected - self.fleet.nodes.keys())
+            if missing:  # served before the restart, not back yet: its models may be the ones
+                return (f"the router started {since:.0f} s ago and node {missing[0]} has not "
+                        "reported yet"), wait
         for node in nodes:
             ollama = node.heartbeat.ollama
             if node.status != "offline" and ollama is not None and not ollama.healthy:

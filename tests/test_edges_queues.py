@@ -125,3 +125,29 @@ async def test_namespaced_names_resolve_as_ollama_resolves_them(sim, herd_router
     assert status == 200 and headers["X-Fleet-Node"] == "named"
     assert json.loads(body)["model"] == name  # the client's body reached Ollama as it was sent
     assert "X-Fleet-Fallback" not in headers
+
+
+async def test_after_a_restart_a_model_of_a_node_not_back_yet_is_503_not_404(sim, herd_router):
+    fleet = await sim("n1")
+    url = fleet.nodes["n1"].url
+    first = await herd_router()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{first.url}/heartbeat",
+                             json=heartbeat_payload("n1", url=url, loaded=[MODEL])) as r:
+            assert r.status == 200
+        status, _headers, _body = await post(http, first.url, CHAT)
+        assert status == 200
+        await first.services.store.flush()
+        # a new router on the same data dir: another node reports first, n1 not yet
+        second = await herd_router()
+        async with http.post(f"{second.url}/heartbeat",
+                             json=heartbeat_payload("n2", url=url, loaded=["other:1b"])) as r:
+            assert r.status == 200
+        status, headers, body = await post(http, second.url, CHAT)
+        assert status == 503 and "Retry-After" in headers
+        assert "node n1 has not reported yet" in json.loads(body)["error"]
+        async with http.post(f"{second.url}/heartbeat",
+                             json=heartbeat_payload("n1", url=url, loaded=[MODEL])) as r:
+            assert r.status == 200
+        status, _headers, _body = await post(http, second.url, CHAT)
+    assert status == 200
