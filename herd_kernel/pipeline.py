@@ -270,7 +270,8 @@ class Pipeline:
         ttft_ms = (time.monotonic() - started) * 1000
 
         response = web.StreamResponse(status=upstream.status, headers=headers)
-        pending = first
+        pending = bytearray(first)  # bytes after the last whole frame
+        searched = 0  # how much of ``pending`` holds no delimiter (a long frame is scanned once)
         tail = bytearray()
         error: str | None = None
         status = "completed"
@@ -278,21 +279,23 @@ class Pipeline:
         try:
             await response.prepare(request)
             while True:
-                cut = pending.rfind(delimiter)
+                cut = pending.rfind(delimiter, max(0, searched - len(delimiter) + 1))
                 if cut >= 0:
-                    frame = pending[: cut + len(delimiter)]
-                    pending = pending[cut + len(delimiter) :]
+                    end = cut + len(delimiter)
+                    frame = bytes(pending[:end])
+                    del pending[:end]
                     await response.write(frame)  # waits while the client's buffer is full
                     if outbound.observe is not None:
                         outbound.observe(frame)
                     tail += frame
                     if len(tail) > _TAIL:
                         del tail[: len(tail) - _TAIL]
-                if len(pending) > max_frame:
+                searched = len(pending)
+                if searched > max_frame:
                     error = (f"node {decision.node.node_id} sent a frame over "
                              f"{max_frame / 2**20:g} MiB (FLEET_MAX_FRAME_MB); "
                              "the stream was ended")
-                    pending = b""
+                    pending.clear()
                     break
                 try:
                     chunk = await upstream.readany()
@@ -304,7 +307,7 @@ class Pipeline:
                 slot.touch()
                 pending += chunk
             if pending and error is None:
-                await response.write(pending)  # a last frame without its delimiter
+                await response.write(bytes(pending))  # a last frame without its delimiter
                 tail += pending
             if error is not None:
                 status = "failed"

@@ -400,3 +400,36 @@ async def test_a_failing_trace_hook_does_not_fail_the_request(herd_router, nodes
     status, _headers, body = await chat(router)
     assert status == 200 and json.loads(body)["done"] is True
     assert router.services.fleet.node_in_flight["n"] == 0
+
+
+@pytest.mark.parametrize("api", ["ollama", "openai"])
+async def test_frames_split_anywhere_arrive_whole_and_unchanged(herd_router, nodes, api):
+    if api == "ollama":
+        frames = [json.dumps({"model": MODEL, "message": {"role": "assistant", "content": c},
+                              "done": False}).encode() + b"\n" for c in ("a", "b\n", "c")]
+        frames.append(json.dumps(FINAL).encode() + b"\n")
+        path, body, kind = "/api/chat", {**CHAT, "stream": True}, b"application/x-ndjson"
+    else:
+        frames = [b"data: " + json.dumps({"id": "c1", "choices": [{"index": 0,
+                  "delta": {"content": c}}]}).encode() + b"\n\n" for c in ("a", "b", "c")]
+        frames.append(b"data: [DONE]\n\n")
+        path, body, kind = "/v1/chat/completions", {**CHAT, "stream": True}, b"text/event-stream"
+    wire = b"".join(frames)
+
+    async def trickle(index, _body, writer):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + kind + b"\r\nConnection: close\r\n\r\n")
+        for i in range(0, len(wire), 3):  # three bytes at a time: delimiters split too
+            writer.write(wire[i:i + 3])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        return False
+
+    _node, url = await nodes(trickle)
+    router = await herd_router()
+    await register(router, "n", url)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{router.url}{path}", json=body) as r:
+            assert r.status == 200
+            received = await r.read()
+    assert received == wire
+    assert last_trace(router).status == "completed"
