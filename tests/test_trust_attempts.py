@@ -96,6 +96,27 @@ async def ok_script(index, body, writer, node=None):
     await writer.drain()
 
 
+def answering(status: int, body: dict):
+    """A script that answers every request with ``status`` and ``body``."""
+
+    async def script(index, _body, writer):
+        writer.write(reply(status, body))
+        await writer.drain()
+
+    return script
+
+
+async def first_and_spare(herd_router, nodes, script):
+    """A router with a scripted node that holds the model in memory (tried first) and a well node
+    that has it on disk (the spare); returns the router and both nodes."""
+    first, first_url = await nodes(script)
+    spare, spare_url = await nodes(ok_script)
+    router = await herd_router()
+    await register(router, "first", first_url)
+    await register(router, "spare", spare_url, loaded=(), available=(MODEL,))
+    return router, first, spare
+
+
 async def register(router, node_id, url, *, loaded=(MODEL,), available=()) -> None:
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{router.url}/heartbeat", json=heartbeat_payload(
@@ -138,45 +159,26 @@ async def test_a_node_url_that_cannot_work_is_an_attempt_that_moves_on(herd_rout
 
 async def test_a_client_error_goes_back_as_it_is_and_is_not_retried(herd_router, nodes):
     error = {"error": 'option "num_ctx" must be of type integer'}
-
-    async def script(index, body, writer):
-        writer.write(reply(500, error))  # Ollama answers some bad options with a 500
-        await writer.drain()
-
-    first, first_url = await nodes(script)
-    second, second_url = await nodes(ok_script)
-    router = await herd_router()
-    await register(router, "first", first_url)
-    await register(router, "second", second_url, loaded=(), available=(MODEL,))
+    # Ollama answers some bad options with a 500
+    router, first, spare = await first_and_spare(herd_router, nodes, answering(500, error))
     status, headers, body = await chat(router)
     assert status == 500 and json.loads(body) == error
     assert headers["X-Fleet-Retries"] == "0"
-    assert len(first.requests) == 1 and second.requests == []
+    assert len(first.requests) == 1 and spare.requests == []
     assert lane(router, "first").failed == 0  # the request's fault, not the node's
 
-    async def bad_request(index, body, writer):
-        writer.write(reply(400, {"error": '"llama3.2:3b" does not support thinking'}))
-        await writer.drain()
-
-    first.script = bad_request
+    first.script = answering(400, {"error": '"llama3.2:3b" does not support thinking'})
     status, headers, body = await chat(router)
     assert status == 400 and "does not support thinking" in json.loads(body)["error"]
-    assert second.requests == [] and lane(router, "first").failed == 0
+    assert spare.requests == [] and lane(router, "first").failed == 0
 
 
 async def test_a_node_that_is_unwell_is_retried_elsewhere_and_counted(herd_router, nodes):
-    async def script(index, body, writer):
-        writer.write(reply(500, {"error": "llama runner process has terminated: signal: killed"}))
-        await writer.drain()
-
-    sick, sick_url = await nodes(script)
-    well, well_url = await nodes(ok_script)
-    router = await herd_router()
-    await register(router, "sick", sick_url)
-    await register(router, "well", well_url, loaded=(), available=(MODEL,))
+    crashed = answering(500, {"error": "llama runner process has terminated: signal: killed"})
+    router, _first, _spare = await first_and_spare(herd_router, nodes, crashed)
     status, headers, _ = await chat(router)
-    assert status == 200 and headers["X-Fleet-Node"] == "well"
-    assert lane(router, "sick").failed == 1
+    assert status == 200 and headers["X-Fleet-Node"] == "spare"
+    assert lane(router, "first").failed == 1
 
 
 async def test_a_reused_connection_dropped_after_sending_is_an_attempt_not_a_resend(
@@ -188,36 +190,26 @@ async def test_a_reused_connection_dropped_after_sending_is_an_attempt_not_a_res
             return None
         return False  # read the second request, then hang up without a word
 
-    dropper, dropper_url = await nodes(script)
-    other, other_url = await nodes(ok_script)
-    router = await herd_router()
-    await register(router, "dropper", dropper_url)
-    await register(router, "other", other_url, loaded=(), available=(MODEL,))
+    router, dropper, _spare = await first_and_spare(herd_router, nodes, script)
     assert (await chat(router))[0] == 200
     status, headers, _ = await chat(router)
-    assert status == 200 and headers["X-Fleet-Node"] == "other"
+    assert status == 200 and headers["X-Fleet-Node"] == "spare"
     assert headers["X-Fleet-Retries"] == "1"
     assert len(dropper.requests) == 2 and dropper.connections == 1  # never sent twice
     assert "dropped after sending" in last_trace(router).attempts[0].outcome
 
 
 async def test_a_model_deleted_on_a_node_moves_on_then_is_404_not_502(herd_router, nodes):
-    async def gone(index, body, writer):
-        writer.write(reply(404, {"error": f"model '{MODEL}' not found"}))
-        await writer.drain()
-
-    lost, lost_url = await nodes(gone)
-    kept, kept_url = await nodes(ok_script)
-    router = await herd_router()
-    await register(router, "lost", lost_url)
-    await register(router, "kept", kept_url, loaded=(), available=(MODEL,))
+    gone = answering(404, {"error": f"model '{MODEL}' not found"})
+    router, _first, spare = await first_and_spare(herd_router, nodes, gone)
     status, headers, _ = await chat(router)
-    assert status == 200 and headers["X-Fleet-Node"] == "kept"
+    assert status == 200 and headers["X-Fleet-Node"] == "spare"
     fleet = router.services.fleet
-    assert MODEL not in fleet.nodes["lost"].loaded and MODEL not in fleet.nodes["lost"].available
-    assert lane(router, "lost").failed == 0
+    assert MODEL not in fleet.nodes["first"].loaded
+    assert MODEL not in fleet.nodes["first"].available
+    assert lane(router, "first").failed == 0
     # now the last holder loses it too: the client hears Ollama's 404, not a 502
-    kept.script = gone
+    spare.script = gone
     status, _headers, body = await chat(router)
     assert status == 404 and json.loads(body) == {"error": f"model '{MODEL}' not found"}
 
