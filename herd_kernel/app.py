@@ -50,6 +50,7 @@ from herd_kernel.wire import (
     REQUEST_ID,
     BadRequest,
     api_for_path,
+    client_request_id,
     error_response,
     read_json_object,
 )
@@ -205,7 +206,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:  # noqa: BLE001 - the client gets a JSON 500, the log gets the traceback
-        request_id = request.get(REQUEST_ID) or request.headers.get("X-Request-Id", "")[:64]
+        request_id = request.get(REQUEST_ID) or client_request_id(request)
         log.exception("unhandled error", path=request.path, method=request.method,
                       request_id=request_id or None)
         return error_response(api, 500, "internal router error",

@@ -68,14 +68,22 @@ BATCH = 500
 _STOP = object()
 
 
+def _text(value: str | None) -> str | None:
+    """A string SQLite can store: a lone surrogate (from a ``\\ud800`` escape in a client's JSON)
+    is kept as its escape, so one such row never costs its whole batch."""
+    if value is None or value.isascii():
+        return value
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def trace_row(trace: Trace) -> tuple[Any, ...]:
     fallback = trace.model if trace.original_model and trace.model != trace.original_model else None
     return (
-        trace.request_id,
+        _text(trace.request_id),
         trace.timestamp,
-        trace.model,
-        trace.original_model or trace.model,
-        trace.node_id,
+        _text(trace.model),
+        _text(trace.original_model or trace.model),
+        _text(trace.node_id),
         trace.status,
         trace.http_status,
         trace.api,
@@ -86,13 +94,13 @@ def trace_row(trace: Trace) -> tuple[Any, ...]:
         trace.prompt_tokens,
         trace.completion_tokens,
         trace.retries,
-        fallback,
+        _text(fallback),
         trace.score,
         json.dumps(trace.score_breakdown),
         json.dumps([{"node_id": a.node_id, "outcome": a.outcome, "status": a.status}
                     for a in trace.attempts]),
         json.dumps(list(trace.tags)),
-        trace.error_message,
+        _text(trace.error_message),
         json.dumps(trace.details) if trace.details else None,
     )
 
