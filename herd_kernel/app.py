@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
@@ -17,6 +18,7 @@ from typing import Any
 import aiohttp
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from herd_kernel import __version__, auth, cors, logs
 from herd_kernel.admission import (
@@ -48,6 +50,7 @@ from herd_kernel.wire import (
     REQUEST_ID,
     BadRequest,
     api_for_path,
+    client_request_id,
     error_response,
     read_json_object,
 )
@@ -203,7 +206,7 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:  # noqa: BLE001 - the client gets a JSON 500, the log gets the traceback
-        request_id = request.get(REQUEST_ID) or request.headers.get("X-Request-Id", "")[:64]
+        request_id = request.get(REQUEST_ID) or client_request_id(request)
         log.exception("unhandled error", path=request.path, method=request.method,
                       request_id=request_id or None)
         return error_response(api, 500, "internal router error",
@@ -548,6 +551,23 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
 _LINGER_S = 2.0  # after a 413 or 408, read (and drop) what the client still sends, this long
 
 
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server logger, except that a request aiohttp itself refuses as not HTTP it can
+    read (a malformed head, broken chunked framing, an encoding it cannot decode, such as ``br``
+    without Brotli) is one INFO line: the client's mistake, answered with a 400, is not an error
+    of the router's, and a traceback per bad request would let any client flood the log."""
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError) and 400 <= (exc_info.code or 400) < 500:
+            detail = " ".join(str(exc_info.message).split())[:200]
+            self.logger.info(f"{msg}: {detail}", *args)
+            return
+        self.logger.exception(msg, *args, exc_info=exc_info, **kw)
+
+
+_SERVER_LOG = _ServerLog(logging.getLogger("aiohttp.server"), {})
+
+
 async def serve(app: web.Application, host: str, port: int, *,
                 reuse_address: bool | None = None) -> tuple[web.AppRunner, web.TCPSite]:
     """Listen on ``host:port`` with the router's connection rules: idle keep-alive connections
@@ -568,6 +588,7 @@ async def serve(app: web.Application, host: str, port: int, *,
         app, access_log=None, handle_signals=False, handler_cancellation=True,
         keepalive_timeout=config["FLEET_KEEPALIVE_TIMEOUT"], lingering_time=_LINGER_S,
         shutdown_timeout=1.0,  # what is still open after ``drain`` is ended, not waited for
+        logger=_SERVER_LOG,
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=reuse_address)

@@ -9,6 +9,7 @@ import asyncio
 import json
 import math
 import os
+import re
 from typing import Any, Literal
 
 from aiohttp import web
@@ -216,6 +217,17 @@ def _json_kind(value: Any) -> str:
     if value is None:
         return "null"
     return {list: "an array", str: "a string", bool: "a boolean"}.get(type(value), "a number")
+
+
+_CLIENT_ID = re.compile(r"[\x20-\x7e]{1,64}")
+
+
+def client_request_id(request: web.Request) -> str:
+    """The client's own ``X-Request-Id`` when it is 1-64 printable ASCII characters, else "" (the
+    router makes one). Anything else would be echoed in a header and stored in every trace: a
+    byte that is not UTF-8 arrives as a lone surrogate, which SQLite refuses (with its batch)."""
+    value = request.headers.get("X-Request-Id", "").strip()
+    return value if _CLIENT_ID.fullmatch(value) else ""
 
 
 def request_tags(request: web.Request, body: dict[str, Any]) -> tuple[str, ...]:

@@ -126,7 +126,8 @@ async def test_poisoned_traces_lose_no_row(herd_router, fake_node, tmp_path):
     # "12", 1e400, true, [1], {...}, a 5,000-digit or out-of-range integer, null: no count at all;
     # 1.5 is a number but not a whole one: none either
     assert counts == [(None, None)] * len(BAD_COUNTS)
-    assert ["req-\ufffd\ufffd-latin"] == [rid for rid in by_id if rid.startswith("req-")]
+    # an id the router cannot echo in a header is replaced by its own; the row is still there
+    assert [rid for rid in by_id if rid.startswith("req-")] == []
     assert [row[1] for row in rows if row[1] != MODEL] == ["\ufffd"]
     assert router.services.store.failed == 0
     async with aiohttp.ClientSession() as http:  # what an operator (and the health checks) see

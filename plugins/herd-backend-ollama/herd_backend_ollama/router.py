@@ -25,7 +25,14 @@ from herd_kernel import __version__
 from herd_kernel.api import RouteDef
 from herd_kernel.models import AvailableModel, RouteRequest, normalize_model
 from herd_kernel.pipeline import Outbound, UpstreamFailed, new_request_id
-from herd_kernel.wire import REQUEST_ID, Api, BadRequest, error_response, request_tags
+from herd_kernel.wire import (
+    REQUEST_ID,
+    Api,
+    BadRequest,
+    client_request_id,
+    error_response,
+    request_tags,
+)
 
 _EPOCH = "1970-01-01T00:00:00Z"
 
@@ -204,7 +211,7 @@ class InferenceRoute:
             estimated_tokens=estimate_tokens(body),
             fallback_models=tuple(fallbacks),
             tags=request_tags(request, body),
-            request_id=request.headers.get("X-Request-Id", "")[:64] or new_request_id(),
+            request_id=client_request_id(request) or new_request_id(),
         )
 
 
