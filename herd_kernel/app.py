@@ -191,8 +191,8 @@ async def error_middleware(request: web.Request, handler: Any) -> web.StreamResp
         return await handler(request)
     except BadRequest as exc:
         response = error_response(api, exc.status, exc.message)
-        if exc.status in (408, 413):
-            response.force_close()  # the rest of the body is not worth reading
+        if exc.closes:
+            response.force_close()
         return response
     except web.HTTPException as exc:
         if exc.status < 400 or exc.content_type == "application/json":
@@ -242,7 +242,11 @@ async def heartbeat(request: web.Request) -> web.Response:
             sockname[0] if isinstance(sockname, tuple) else None, secret_verified=bool(secret),
         )
     except BadRequest as exc:
-        return web.json_response({"error": f"invalid heartbeat: {exc.message}"}, status=exc.status)
+        response = web.json_response({"error": f"invalid heartbeat: {exc.message}"},
+                                     status=exc.status)
+        if exc.closes:
+            response.force_close()
+        return response
     except PayloadError as exc:
         return web.json_response(
             {"error": f"invalid heartbeat: {exc}", "field": exc.field}, status=400
@@ -466,7 +470,7 @@ async def nodes_handler(request: web.Request) -> web.Response:
 
 
 async def _admin_body(request: web.Request) -> dict[str, Any]:
-    _raw, body = await read_json_object(request, 64 * 1024)
+    _raw, body = await request.app[SERVICES].read_json(request, 64 * 1024)
     return body
 
 

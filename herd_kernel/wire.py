@@ -79,6 +79,11 @@ class BadRequest(Exception):
         self.message = message
         self.status = status
 
+    @property
+    def closes(self) -> bool:
+        """After a 408 or 413 the rest of the body is not worth reading: close the connection."""
+        return self.status in (408, 413)
+
 
 async def read_body(
     request: web.Request, max_bytes: int, idle_timeout: float | None = None

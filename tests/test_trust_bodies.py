@@ -208,9 +208,10 @@ async def test_corrupt_gzip_is_a_400(router, node):
             assert "error" in await r.json()
 
 
-async def test_client_that_goes_silent_mid_body_gets_408_and_the_socket_closes(router, node):
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions", "/heartbeat"])
+async def test_client_that_goes_silent_mid_body_gets_408_and_the_socket_closes(router, node, path):
     reader, writer = await asyncio.open_connection("127.0.0.1", port_of(router))
-    writer.write(request_head("/api/chat", len(CHAT)) + CHAT[:20])
+    writer.write(request_head(path, len(CHAT)) + CHAT[:20])
     await writer.drain()
     answer = await asyncio.wait_for(reader.read(), 10)  # read() returns once the router closes
     writer.close()
