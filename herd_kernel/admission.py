@@ -414,17 +414,10 @@ def _write_atomically(path: Path, text: str) -> None:
 
 
 def _own_addresses() -> frozenset[str]:
-    """This machine's addresses, best effort (psutil when installed, else the host name's)."""
+    """This machine's addresses as its host name resolves, best effort. (A heartbeat sent to one
+    of this machine's own addresses comes from that same address, which ``_is_local`` also
+    accepts; psutil's interface list would cost the router 3-4 MB of memory for little more.)"""
     found: set[str] = set()
-    try:
-        import psutil
-
-        for addrs in psutil.net_if_addrs().values():
-            for addr in addrs:
-                if addr.family in (socket.AF_INET, socket.AF_INET6):
-                    found.add(addr.address.split("%", 1)[0])
-    except Exception:  # noqa: BLE001 - not installed, or no permission: fall back
-        pass
     try:
         for info in socket.getaddrinfo(socket.gethostname(), None):
             found.add(str(info[4][0]).split("%", 1)[0])

@@ -100,21 +100,13 @@ async def read_body(
         raise BadRequest(f"unsupported Content-Encoding {encoding[:40]!r}: send the body plain, "
                          "gzip or deflate", 415)
     content = request.content
-    parts: list[bytes] = []
-    size = 0
     try:
-        while True:
-            if idle_timeout:
-                async with asyncio.timeout(idle_timeout):
-                    chunk = await content.readany()
-            else:
-                chunk = await content.readany()
-            if not chunk:
-                break
-            size += len(chunk)
-            if size > max_bytes:
+        if content.is_eof():  # the whole body is here already (most small bodies): no waiting
+            raw = content.read_nowait()
+            if len(raw) > max_bytes:
                 raise BadRequest(_too_large(max_bytes), 413)
-            parts.append(chunk)
+            return raw
+        return await _read_chunks(content, max_bytes, idle_timeout)
     except TimeoutError:
         raise BadRequest(f"request body not received: nothing arrived for {idle_timeout:g} s",
                          408) from None
@@ -124,6 +116,20 @@ async def read_body(
             from None
     except ValueError as exc:  # aiohttp's own size limit
         raise BadRequest(str(exc), 413) from None
+
+
+async def _read_chunks(content: Any, max_bytes: int, idle_timeout: float | None) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(idle_timeout or None) as deadline:
+        while chunk := await content.readany():
+            size += len(chunk)
+            if size > max_bytes:
+                raise BadRequest(_too_large(max_bytes), 413)
+            parts.append(chunk)
+            if idle_timeout:
+                deadline.reschedule(loop.time() + idle_timeout)  # silence, not the whole body
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
@@ -196,9 +202,17 @@ def _parse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float,
+                            parse_constant=_parse_constant)
+
+
 def _decode(raw: bytes, **hooks: Any) -> Any:
-    return json.loads(raw, parse_int=_parse_int, parse_float=_parse_float,
-                      parse_constant=_parse_constant, **hooks)
+    """JSON from UTF-8 bytes (Go reads nothing else; a byte-order mark is an error there too)."""
+    text = raw.decode("utf-8")
+    if not hooks:
+        return _DECODER.decode(text)
+    return json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float,
+                            parse_constant=_parse_constant, **hooks).decode(text)
 
 
 def _fold_keys(raw: bytes) -> dict[str, Any]:
