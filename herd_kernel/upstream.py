@@ -92,7 +92,6 @@ class Response:
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
-        self._got_bytes = False
         self._buffered = 0  # decoded body bytes not read yet
         self._paused = False
         self.keep_alive = True
@@ -102,7 +101,6 @@ class Response:
     # --- fed by the protocol -----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        self._got_bytes = True
         self._buffer += data
         try:
             if not self._head_done:
