@@ -557,8 +557,8 @@ _LINGER_S = 2.0  # after a 413 or 408, read (and drop) what the client still sen
 
 class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
     """aiohttp's server logger, except that a request aiohttp itself refuses as not HTTP it can
-    read (a malformed head, broken chunked framing, an encoding it cannot decode, such as ``br``
-    without Brotli) is one INFO line: the client's mistake, answered with a 400, is not an error
+    read (a malformed head, broken chunked framing, data after ``Connection: close``) is one INFO
+    line: the client's mistake, answered with a 400, is not an error
     of the router's, and a traceback per bad request would let any client flood the log."""
 
     def exception(self, msg: object, *args: object, exc_info: Any = True, **kw: Any) -> None:
@@ -591,6 +591,7 @@ async def serve(app: web.Application, host: str, port: int, *,
     runner = web.AppRunner(
         app, access_log=None, handle_signals=False, handler_cancellation=True,
         keepalive_timeout=config["FLEET_KEEPALIVE_TIMEOUT"], lingering_time=_LINGER_S,
+        auto_decompress=False,  # wire.read_body inflates, so every encoding error is API JSON
         shutdown_timeout=1.0,  # what is still open after ``drain`` is ended, not waited for
         logger=_SERVER_LOG,
     )

@@ -10,10 +10,10 @@ import json
 import math
 import os
 import re
+import zlib
 from typing import Any, Literal
 
 from aiohttp import web
-from aiohttp.http_exceptions import ContentEncodingError, PayloadEncodingError
 from aiohttp.web_protocol import RequestPayloadError
 
 Api = Literal["ollama", "openai", "anthropic"]
@@ -89,14 +89,17 @@ async def read_body(
     request: web.Request, max_bytes: int, idle_timeout: float | None = None
 ) -> bytes:
     """The whole body, however it arrives (any number of writes, ``Content-Length`` or chunked,
-    ``gzip``/``deflate``, which aiohttp inflates a bounded piece at a time as it is read), or
-    ``BadRequest``: 413 past ``max_bytes`` (counted after inflation, so a small bomb stops at the
-    limit), 408 when the client goes silent for ``idle_timeout`` seconds mid-body."""
+    ``gzip``/``deflate``), or ``BadRequest``: 413 past ``max_bytes`` (counted after inflation, so
+    a small bomb stops at the limit), 415 for another encoding, 400 for a corrupt one, 408 when
+    the client goes silent for ``idle_timeout`` seconds mid-body. The router's server leaves
+    bodies as they came (``serve`` turns aiohttp's own decompression off), so that every one of
+    these answers is the API's own JSON."""
     declared = request.content_length
     if declared is not None and declared > max_bytes:
         raise BadRequest(_too_large(max_bytes), 413)
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
-    if encoding not in _ENCODINGS:
+    wbits = _ENCODINGS.get(encoding)
+    if wbits is None:
         raise BadRequest(f"unsupported Content-Encoding {encoding[:40]!r}: send the body plain, "
                          "gzip or deflate", 415)
     content = request.content
@@ -105,17 +108,17 @@ async def read_body(
             raw = content.read_nowait()
             if len(raw) > max_bytes:
                 raise BadRequest(_too_large(max_bytes), 413)
-            return raw
-        return await _read_chunks(content, max_bytes, idle_timeout)
+        else:
+            raw = await _read_chunks(content, max_bytes, idle_timeout)
     except TimeoutError:
         raise BadRequest(f"request body not received: nothing arrived for {idle_timeout:g} s",
                          408) from None
-    except (ContentEncodingError, PayloadEncodingError, RequestPayloadError) as exc:
-        cause = getattr(exc, "message", "") or str(exc)
-        raise BadRequest(f"request body could not be read: {' '.join(str(cause).split())}") \
+    except RequestPayloadError as exc:  # broken chunked framing
+        raise BadRequest(f"request body could not be read: {' '.join(str(exc).split())}") \
             from None
-    except ValueError as exc:  # aiohttp's own size limit
-        raise BadRequest(str(exc), 413) from None
+    if wbits is _PLAIN:
+        return raw
+    return await _inflate(raw, wbits, max_bytes)
 
 
 async def _read_chunks(content: Any, max_bytes: int, idle_timeout: float | None) -> bytes:
@@ -133,7 +136,47 @@ async def _read_chunks(content: Any, max_bytes: int, idle_timeout: float | None)
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
+_INFLATE_STEP = 1024 * 1024  # inflated bytes per step; the loop serves others between steps
+
+
+async def _inflate(packed: bytes, wbits: int, max_bytes: int) -> bytes:
+    """Inflate a gzip or deflate body a step at a time, refusing it as soon as it passes
+    ``max_bytes``: a bomb costs at most the limit, never a long stall of the event loop."""
+    if wbits == zlib.MAX_WBITS and packed and packed[0] & 0x0F != 8:
+        wbits = -zlib.MAX_WBITS  # "deflate" sent raw, without the zlib header (as some clients do)
+    inflater = zlib.decompressobj(wbits)
+    parts: list[bytes] = []
+    size = 0
+    pending = packed
+    try:
+        while pending:
+            out = inflater.decompress(pending, _INFLATE_STEP)
+            pending = inflater.unconsumed_tail
+            size += len(out)
+            if size > max_bytes:
+                raise BadRequest(_too_large(max_bytes), 413)
+            parts.append(out)
+            if inflater.eof and inflater.unused_data and wbits > zlib.MAX_WBITS:
+                pending = inflater.unused_data  # another gzip member follows (RFC 1952 allows it)
+                inflater = zlib.decompressobj(wbits)
+            if pending:
+                await asyncio.sleep(0)
+        if not inflater.eof:
+            raise BadRequest("request body could not be read: the compressed stream is cut short")
+    except zlib.error as exc:
+        raise BadRequest(f"request body could not be read: not valid {_wbits_name(wbits)} "
+                         f"({exc})") from None
+    return b"".join(parts)
+
+
+def _wbits_name(wbits: int) -> str:
+    return "gzip" if wbits > zlib.MAX_WBITS else "deflate"
+
+
+_PLAIN = -1
+# Content-Encoding -> zlib window bits (``_PLAIN``: as it is); anything else is a 415
+_ENCODINGS = {"": _PLAIN, "identity": _PLAIN, "gzip": 16 + zlib.MAX_WBITS,
+              "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
 def _too_large(max_bytes: int) -> str:

@@ -440,9 +440,8 @@ class Harness:
 
 def check_reply(path: str, method: str, reply: Reply, *, http_layer: bool = False) -> None:
     """No 5xx but the documented ones; errors in the API's own shape; never a traceback.
-    ``http_layer``: aiohttp may refuse the message before any route sees it (a body in ``br`` or
-    ``zstd``, which it cannot decode here) with a plain-text 400, as Go's net/http answers a
-    message it cannot read."""
+    ``http_layer``: aiohttp may refuse the message before any route sees it (a head no HTTP
+    parser takes) with a plain-text 400, as Go's net/http answers a message it cannot read."""
     status, body = reply.status, reply.body
     assert status != 500 and (status < 500 or status in ALLOWED_5XX), (status, body[:300])
     assert b"Traceback" not in body and b'File "/' not in body, body[:300]
@@ -558,8 +557,7 @@ async def one_request(harness: Harness, data: st.DataObject, method: str, path: 
     headers, request_id, bad_head = extra_headers(data.draw)
     parts = frame(method, target, body, transport, headers)
     reply = await exchange(harness.port, parts, transport.pause_ms)
-    refused = (bad_head or len(target) > _MAX_LINE or method == "BREW"  # no HTTP method
-               or (transport.kind == "refused" and transport.encoding in ("br", "zstd")))
+    refused = bad_head or len(target) > _MAX_LINE or method == "BREW"  # no HTTP method
     # garbage after a short Content-Length may reach aiohttp's parser with the request itself
     http_layer = refused or transport.kind == "short"
     if refused:

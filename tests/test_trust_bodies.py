@@ -356,3 +356,29 @@ async def test_unexpected_error_is_logged_with_traceback_and_request_id(herd_rou
     [entry] = [e for e in logs if e["event"] == "unhandled error"]
     assert entry["request_id"] == "req-77"
     assert entry["exc_info"] is True and entry["log_level"] == "error"
+
+
+@pytest.mark.parametrize("encoding", ["br", "zstd", "gzip, gzip"])
+async def test_encodings_the_router_does_not_inflate_are_415_json(router, node, encoding):
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{router.url}/api/chat", data=b"\x00\x01\x02",
+                             headers={"Content-Encoding": encoding}) as r:
+            assert r.status == 415
+            assert "Content-Encoding" in (await r.json())["error"]
+    assert node.bodies == []
+
+
+async def test_gzip_in_two_members_and_raw_deflate_are_read(router, node):
+    half = len(CHAT) // 2
+    two_members = gzip.compress(CHAT[:half]) + gzip.compress(CHAT[half:])
+    raw_deflate = zlib.compress(CHAT)[2:-4]  # no zlib header: what some clients send
+    async with aiohttp.ClientSession() as http:
+        for encoding, data in (("gzip", two_members), ("deflate", raw_deflate)):
+            async with http.post(f"{router.url}/api/chat", data=data,
+                                 headers={"Content-Encoding": encoding}) as r:
+                assert r.status == 200, await r.text()
+        async with http.post(f"{router.url}/api/chat", data=gzip.compress(CHAT)[:-12],
+                             headers={"Content-Encoding": "gzip"}) as r:
+            assert r.status == 400
+            assert "cut short" in (await r.json())["error"]
+    assert node.bodies == [CHAT, CHAT]
