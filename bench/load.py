@@ -27,8 +27,6 @@ import os
 import platform
 import shlex
 import shutil
-import signal
-import socket
 import sys
 import tempfile
 import time
@@ -40,6 +38,7 @@ from typing import Any
 import aiohttp
 from fastnode import MODEL
 from loadgen import run_load
+from routerproc import free_port, stop_process
 
 HERE = Path(__file__).resolve().parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -68,12 +67,6 @@ class Router:
     startup_s: float = 0.0
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     memory: dict[str, str] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -105,16 +98,6 @@ async def spawn(argv: list[str], env: dict[str, str], log: Path) -> asyncio.subp
     with log.open("wb") as out:  # the child keeps its own descriptor
         return await asyncio.create_subprocess_exec(
             *argv, env=env, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out)
-
-
-async def stop(proc: asyncio.subprocess.Process) -> None:
-    if proc.returncode is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            await asyncio.wait_for(proc.wait(), 15)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
 
 
 async def start_fastnode() -> tuple[str, asyncio.subprocess.Process]:
@@ -149,7 +132,7 @@ async def start_router(http: aiohttp.ClientSession, name: str, argv: list[str], 
     try:
         router.startup_s = await answered(http, router, "/fleet/status")
     except BaseException:
-        await stop(router.proc)
+        await stop_process(router.proc)
         raise
     return router
 
@@ -299,7 +282,7 @@ async def run_router(http: aiohttp.ClientSession, starting: Awaitable[Router],
     finally:
         for proc in (router.agent, router.proc):
             if proc is not None:
-                await stop(proc)
+                await stop_process(proc)
         if failed:
             print(f"{router.name}: failed; its logs are kept in {router.data}", file=sys.stderr)
         else:
@@ -355,7 +338,7 @@ async def main(args: argparse.Namespace) -> None:
                 routers.append(await run_router(
                     http, start_reference(http, args.reference_venv, node_url, args.quiet), args))
     finally:
-        await stop(node)
+        await stop_process(node)
     if len(routers) == 2:
         herd, ref = routers
         print("\nherd / ref (rps above 1 and latency or CPU below 1 favour herd)")

@@ -12,11 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
-import socket
 import statistics
 import sys
-import tempfile
 import time
 
 import aiohttp
@@ -24,14 +21,9 @@ from herd_sim import PROFILES, SimNode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastnode import start_fastnode  # noqa: E402
+from routerproc import spawn_router, stop_process  # noqa: E402
 
 MODEL = "llama3.2:3b"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def pct(values: list[float], q: float) -> float:
@@ -71,14 +63,7 @@ async def main(n: int, fake: str) -> None:
         node = SimNode(PROFILES["medium"], time_scale=0.0)
         await node.start()
         node_url, close_node = node.url, node.stop
-    port = free_port()
-    router = f"http://127.0.0.1:{port}"
-    data = tempfile.mkdtemp(prefix="herd-bench-")
-    # no discovery: a benchmark has no business announcing anything on the network
-    env = {**os.environ, "FLEET_DATA_DIR": data, "FLEET_MDNS": "false"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "herd_kernel.cli", "--host", "127.0.0.1", "--port", str(port),
-        "--no-local-node", env=env, stderr=asyncio.subprocess.DEVNULL)
+    router, proc, env = await spawn_router(stdout=None)
     agent = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "herd_kernel.node", "--router-url", router, "--ollama-host", node_url,
         "--node-id", "bench", env=env, stderr=asyncio.subprocess.DEVNULL)
@@ -110,8 +95,7 @@ async def main(n: int, fake: str) -> None:
                       f"  ttfb p50 {statistics.median(via[1]) - statistics.median(direct[1]):+.2f}")
     finally:
         for p in (agent, proc):
-            p.send_signal(signal.SIGTERM)
-            await p.wait()
+            await stop_process(p)
         await close_node()
 
 

@@ -28,10 +28,8 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -41,17 +39,12 @@ from herd_kernel.testing import heartbeat_payload
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from fastnode import MODEL, start_fastnode
+from routerproc import spawn_router, stop_process
 
 READ_BYTES = 2048
 READ_EVERY_S = 0.1
 RCVBUF = 4096
 TARGET_MB = 50
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
@@ -121,15 +114,8 @@ async def slow_client(port: int, body: bytes, read: list[int], stop: asyncio.Eve
 
 async def run(mode: str, seconds: float, max_rss_mb: float) -> float:
     node_url, close_node = await start_fastnode(0, flood=mode, flood_seconds=seconds + 30)
-    port = free_port()
-    router = f"http://127.0.0.1:{port}"
-    data = tempfile.mkdtemp(prefix="herd-bench-")
-    # no discovery: a benchmark has no business announcing anything on the network
-    env = {**os.environ, "FLEET_DATA_DIR": data, "FLEET_MDNS": "false"}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "herd_kernel.cli", "--host", "127.0.0.1", "--port", str(port),
-        "--no-local-node", env=env, stderr=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL)
+    router, proc, _env = await spawn_router()
+    port = int(router.rsplit(":", 1)[1])
     beating = asyncio.create_task(heartbeats(router, node_url))
     stop = asyncio.Event()
     read = [0]
@@ -171,13 +157,7 @@ async def run(mode: str, seconds: float, max_rss_mb: float) -> float:
             await asyncio.gather(client, return_exceptions=True)
         beating.cancel()
         await asyncio.gather(beating, return_exceptions=True)
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(proc.wait(), 10)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await stop_process(proc, 10)
         await close_node()
 
 
