@@ -15,7 +15,7 @@ import re
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -293,10 +293,12 @@ class Admission:
 
     async def admit(
         self, hb: Heartbeat, raw: bytes, headers: Mapping[str, str], peer: str | None,
-        sockname: str | None, *, secret_verified: bool,
+        sockname: str | None, *, secret_verified: bool, names: Sequence[str] = (),
     ) -> str:
         """How this heartbeat's node is admitted: ``local``, ``secret``, ``admitted`` or
-        ``pending``; raises ``Refused`` with nothing changed otherwise."""
+        ``pending``; raises ``Refused`` with nothing changed otherwise. ``names``: what the
+        agent called each endpoint (``endpoints.0``, or an older agent's fragment name), for
+        the field an error points at."""
         local = self.is_local(peer, sockname)
         node_id = hb.node_id
         record = self.records.get(node_id)
@@ -324,9 +326,10 @@ class Admission:
                                    f"node key ({NODE_KEY_HEADER}) to be admitted; use a current "
                                    "herd-node, or a fleet secret (FLEET_SECRET) on both sides")
             kind = "enrolling" if self.window_open() else "pending"
-        self._check_caps(hb, kind, key)
-        if hb.ollama is not None and not hb.draining:
-            await self._check_url(hb.ollama.url, peer, local)
+        self._check_caps(hb, kind, key, names)
+        if not hb.draining:
+            for index, endpoint in enumerate(hb.endpoints):
+                await self._check_url(endpoint.url, peer, local, _name(names, index) + ".url")
         if kind != "pending":
             self.fleet.forget_pending(node_id)
         if kind == "enrolling":
@@ -337,16 +340,17 @@ class Admission:
             kind = "admitted"
         return kind
 
-    def _check_caps(self, hb: Heartbeat, kind: str, key: str) -> None:
+    def _check_caps(self, hb: Heartbeat, kind: str, key: str, names: Sequence[str]) -> None:
         fleet = self.fleet
         node_id = hb.node_id
-        if hb.ollama is not None:
-            count = len(hb.ollama.models_available) + len(hb.ollama.models_loaded)
-            cap = int(self.config["FLEET_MAX_MODELS_PER_NODE"])
+        count = 0
+        cap = int(self.config["FLEET_MAX_MODELS_PER_NODE"])
+        for index, endpoint in enumerate(hb.endpoints):
+            count += len(endpoint.models_available) + len(endpoint.models_loaded)
             if count > cap:
                 raise Refused(400, f"invalid heartbeat: {count} models reported, more than this "
                                    f"router keeps per node (FLEET_MAX_MODELS_PER_NODE={cap})",
-                              field="ollama.models_available")
+                              field=_name(names, index) + ".models_available")
         if kind == "pending":
             pending = fleet.pending.get(node_id)
             if pending is not None and pending.key != key:
@@ -367,8 +371,7 @@ class Admission:
             raise Refused(503, f"the fleet is full: {cap} nodes (FLEET_MAX_NODES); offline ones "
                                "are forgotten after FLEET_EVICT_AFTER, or `herd nodes remove` one")
 
-    async def _check_url(self, reported: str, peer: str | None, local: bool) -> None:
-        field = "ollama.url"
+    async def _check_url(self, reported: str, peer: str | None, local: bool, field: str) -> None:
         problem = url_problem(reported if "://" in reported else f"http://{reported}")
         if problem is None:
             try:
@@ -394,6 +397,10 @@ class Admission:
                 raise Refused(400, f"invalid heartbeat: {field} {final!r} resolves to {address}, "
                                    "this router's own machine: a node on another machine cannot "
                                    "point the router at it", field=field)
+
+
+def _name(names: Sequence[str], index: int) -> str:
+    return names[index] if index < len(names) else f"endpoints[{index}]"
 
 
 def _write_atomically(path: Path, text: str) -> None:

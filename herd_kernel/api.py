@@ -44,11 +44,11 @@ class Candidate:
     @property
     def slots(self) -> int:
         """Requests run at once for one model on this node: the router's queue limit once it has
-        one, else the node's OLLAMA_NUM_PARALLEL, else 1 (Ollama's own behaviour on most machines)."""
+        one, else the parallelism its engine reports, else 1."""
         if self.limit > 0:
             return self.limit
-        ollama = self.node.heartbeat.ollama
-        parallel = ollama.num_parallel if ollama is not None else 0
+        endpoint = self.node.serving.get(self.model)
+        parallel = endpoint.num_parallel if endpoint is not None else 0
         return parallel if parallel > 0 else 1
 
     @property

@@ -32,9 +32,11 @@ from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, NodeConflict, PendingNode
 from herd_kernel.latency import WINDOW, LatencyHistory
 from herd_kernel.models import (
+    Endpoint,
     Heartbeat,
     NodeState,
     PayloadError,
+    RouteRequest,
     Trace,
     normalize_model,
     structure,
@@ -76,13 +78,19 @@ class Services:
         self.admission = Admission(config, self.fleet)
         self.signals = host.signals(config)
         self.backends = host.backends(config)
+        # endpoint kind -> the engine that drives it (``Backend.engine``)
+        self.engines: dict[str, Any] = {}
+        for backend in self.backends:
+            engine = getattr(backend, "engine", None)
+            if engine is not None:
+                self.engines.setdefault(engine.kind, engine)
         self.latency = LatencyHistory()
         self.store = TraceStore(
             Path(config["FLEET_DATA_DIR"]) / "latency.db",
             queue_size=config["FLEET_TRACE_QUEUE_SIZE"],
             retention_days=config["FLEET_TRACE_RETENTION_DAYS"],
         )
-        self.scorer = Scorer(self.fleet, self.signals, config, self.latency)
+        self.scorer = Scorer(self.fleet, self.signals, config, self.latency, self.refuses)
         self.queues = QueueManager(self.fleet, self.scorer, config, warm=self.warm, event=self.event)
         self.pipeline = Pipeline(self)
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
@@ -116,29 +124,35 @@ class Services:
         node's LAN proxy can tell the router from anyone else."""
         return auth.json_headers(self.config["FLEET_SECRET"], method, path, body)
 
-    async def node_post(
-        self, node: NodeState, path: str, payload: Mapping[str, Any], timeout: float
+    def refuses(self, route: RouteRequest, endpoint: Endpoint) -> str | None:
+        """Why ``endpoint`` cannot serve ``route`` (no engine of its kind is loaded, or the
+        engine does not speak the route's API), or None."""
+        engine = self.engines.get(endpoint.kind)
+        if engine is None:
+            return f"no backend for its {endpoint.kind} engine is loaded"
+        return engine.refuses(route)
+
+    async def endpoint_post(
+        self, url: str, path: str, payload: Mapping[str, Any], timeout: float
     ) -> tuple[int, bytes]:
-        """POST a JSON command of the router's own (a pre-warm, a pull) to a node's Ollama,
+        """POST a JSON command of the router's own (a pre-warm, a pull) to an engine's ``url``,
         signed like routed requests; its status and body. Raises ``TimeoutError``,
         ``aiohttp.ClientError`` or ``OSError`` when the node cannot be reached."""
         body = json.dumps(payload).encode()
         async with self.http.post(
-            node.ollama_url + path, data=body, headers=self.upstream_headers(path, body),
+            url + path, data=body, headers=self.upstream_headers(path, body),
             timeout=aiohttp.ClientTimeout(total=timeout),
         ) as response:
             return response.status, await response.read()
 
     async def warm(self, node: NodeState, model: str) -> str | None:
-        """Load ``model`` on ``node`` (Ollama loads a model on an empty generate request); the
-        error, or None once it is in memory."""
-        try:
-            status, body = await self.node_post(
-                node, "/api/generate", {"model": model, "prompt": "", "stream": False},
-                self.config["FLEET_READ_TIMEOUT"])
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None if status == 200 else f"HTTP {status}: {body[:200].decode('utf-8', 'replace')}"
+        """Load ``model`` on ``node`` through the engine that serves it there; the error, or
+        None once it is in memory."""
+        endpoint = node.serving.get(normalize_model(model))
+        engine = self.engines.get(endpoint.kind) if endpoint is not None else None
+        if endpoint is None or engine is None:
+            return "no engine serves it there"
+        return await engine.warm(endpoint, model)
 
     def event(self, kind: str, **fields: Any) -> None:
         """Remember a routing event; bounded, in memory, never awaited."""
@@ -235,11 +249,16 @@ async def heartbeat(request: web.Request) -> web.Response:
             if problem:
                 log.warning("heartbeat refused", peer=request.remote, reason=problem)
                 return web.json_response({"error": f"unauthorized: {problem}"}, status=401)
-        hb = structure(body, Heartbeat)
+        names = _upgrade_fragments(body, services.engines)
+        try:
+            hb = structure(body, Heartbeat)
+        except PayloadError as exc:
+            raise PayloadError(_renamed(exc.field, names), exc.message) from None
         sockname = request.transport.get_extra_info("sockname") if request.transport else None
         kind = await admission.admit(
             hb, raw, request.headers, request.remote,
             sockname[0] if isinstance(sockname, tuple) else None, secret_verified=bool(secret),
+            names=names,
         )
     except BadRequest as exc:
         response = web.json_response({"error": f"invalid heartbeat: {exc.message}"},
@@ -276,6 +295,55 @@ async def heartbeat(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok", "node_status": state.status, "admission": kind})
 
 
+def _upgrade_fragments(body: dict[str, Any], engines: Mapping[str, Any]) -> list[str]:
+    """Agents before endpoints reported one engine as a top-level fragment named after its kind
+    (``{"<kind>": {"url": ...}}``): read each such fragment as one endpoint of that kind, so a
+    fleet can update its agents one machine at a time. What the agent called each endpoint."""
+    endpoints = body.get("endpoints")
+    names = [f"endpoints[{i}]" for i in range(len(endpoints))] if isinstance(endpoints, list) \
+        else []
+    for kind in engines:
+        fragment = body.get(kind)
+        if isinstance(fragment, dict) and isinstance(endpoints, list | None):
+            endpoints = body["endpoints"] = [*(endpoints or ()), {**fragment, "kind": kind}]
+            del body[kind]
+            names.append(kind)
+    return names
+
+
+def _renamed(field: str, names: list[str]) -> str:
+    """A heartbeat field path in the agent's own terms (``endpoints[1].url`` -> ``<kind>.url``)."""
+    if not field.startswith("endpoints["):
+        return field
+    index, _, rest = field.removeprefix("endpoints[").partition("]")
+    if index.isdigit() and int(index) < len(names):
+        return names[int(index)] + rest
+    return field
+
+
+def _endpoint_view(fleet: Fleet, state: NodeState, endpoint: Endpoint) -> dict[str, Any]:
+    return {
+        "kind": endpoint.kind,
+        "engine": endpoint.engine,
+        "url": endpoint.url,
+        "version": endpoint.version,
+        "healthy": endpoint.healthy,
+        "num_parallel": endpoint.num_parallel,
+        "models_loaded": [
+            {
+                "name": m.name,
+                "size_gb": round(m.size_bytes / 1024**3, 3),
+                "size_vram_gb": round(m.size_vram / 1024**3, 3),
+                "context_length": m.context_length,
+                "expires_at": m.expires_at,
+                "requests_active": _active(fleet, state.node_id, normalize_model(m.name)),
+            }
+            for m in endpoint.models_loaded
+        ],
+        "models_available": [m.name for m in endpoint.models_available],
+    }
+
+
 def fleet_status(services: Services) -> dict[str, Any]:
     fleet = services.fleet
     now = fleet.clock()
@@ -283,28 +351,13 @@ def fleet_status(services: Services) -> dict[str, Any]:
     models_loaded = 0
     for state in sorted(fleet.nodes.values(), key=lambda n: n.node_id):
         hb = state.heartbeat
-        ollama = None
-        if hb.ollama is not None:
-            models_loaded += len(hb.ollama.models_loaded)
-            ollama = {
-                "url": state.ollama_url,
-                "version": hb.ollama.version,
-                "healthy": hb.ollama.healthy,
-                "num_parallel": hb.ollama.num_parallel,
-                "models_loaded": [
-                    {
-                        "name": m.name,
-                        "size_gb": round(m.size_bytes / 1024**3, 3),
-                        "size_vram_gb": round(m.size_vram / 1024**3, 3),
-                        "context_length": m.context_length,
-                        "expires_at": m.expires_at,
-                        "requests_active": _active(fleet, state.node_id, key),
-                    }
-                    for key, m in state.loaded.items()
-                ],
-                "models_available": [m.name for m in hb.ollama.models_available],
-                "requests_active": fleet.node_in_flight.get(state.node_id, 0),
-            }
+        endpoints = [_endpoint_view(fleet, state, e) for e in state.endpoints]
+        models_loaded += sum(len(e.models_loaded) for e in state.endpoints)
+        # each kind's first endpoint also under its kind's name, as agents before 0.2 reported it
+        by_kind: dict[str, Any] = {}
+        for view in endpoints:
+            by_kind.setdefault(view["kind"], {
+                **view, "requests_active": fleet.node_in_flight.get(state.node_id, 0)})
         nodes.append(
             {
                 "node_id": state.node_id,
@@ -329,7 +382,8 @@ def fleet_status(services: Services) -> dict[str, Any]:
                 "disk": unstructure(hb.disk),
                 "thermal": unstructure(hb.thermal),
                 "gpus": unstructure(hb.gpus),
-                "ollama": ollama,
+                "endpoints": endpoints,
+                **{kind: view for kind, view in by_kind.items() if kind not in _NODE_KEYS},
                 "extras": hb.extras,
             }
         )
@@ -357,6 +411,12 @@ def fleet_status(services: Services) -> dict[str, Any]:
     }
 
 
+# the keys of a node's status entry, which an endpoint kind's name must not replace
+_NODE_KEYS = frozenset({"node_id", "status", "admission", "agent_version", "hardware", "cpu",
+                        "memory", "disk", "thermal", "gpus", "endpoints", "extras", "draining",
+                        "paused", "last_heartbeat_s_ago", "agent_version_mismatch"})
+
+
 def _pending_entry(pending: PendingNode, now: float) -> dict[str, Any]:
     """A node waiting for approval: who, from where, with which key; it gets no traffic."""
     return {
@@ -368,8 +428,8 @@ def _pending_entry(pending: PendingNode, now: float) -> dict[str, Any]:
         "agent_version": pending.agent_version,
         "last_heartbeat_s_ago": round(now - pending.last_seen, 3),
         "hardware": {"hostname": pending.hostname},
-        "ollama": {"url": pending.url, "models_available": pending.models}
-        if pending.url else None,
+        "endpoints": [{"url": pending.url, "models_available": pending.models}]
+        if pending.url else [],
     }
 
 
@@ -443,7 +503,7 @@ async def nodes_handler(request: web.Request) -> web.Response:
         rows.append({
             "node_id": state.node_id, "admission": state.admission or "local",
             "status": state.status, "key_fingerprint": record.fingerprint if record else None,
-            "url": state.ollama_url, "hostname": state.heartbeat.hostname,
+            "url": state.url, "hostname": state.heartbeat.hostname,
             "last_heartbeat_s_ago": round(now - state.last_seen, 3),
             "admitted_at": record.admitted_at if record else None,
         })

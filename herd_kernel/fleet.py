@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import attrs
+
 from herd_kernel.models import (
     AvailableModel,
+    Endpoint,
     Heartbeat,
     LoadedModel,
     NodeState,
@@ -36,7 +39,7 @@ def _is_loopback(host: str) -> bool:
 
 
 def reachable_url(reported: str, peer_ip: str | None) -> str:
-    """The URL the router should use for a node's Ollama.
+    """The URL the router should use for an engine on a node.
 
     A node reports the URL it uses itself (often ``http://localhost:11434``). When the heartbeat
     came from another machine, a loopback host in that URL means "me", so it is replaced by the
@@ -49,6 +52,32 @@ def reachable_url(reported: str, peer_ip: str | None) -> str:
         peer = f"[{peer_ip}]" if ":" in peer_ip else peer_ip
         parts = parts._replace(netloc=f"{peer}{port}")
     return urlunsplit(parts).rstrip("/")
+
+
+def _index(hb: Heartbeat, peer_ip: str | None) -> tuple[
+    tuple[Endpoint, ...], dict[str, LoadedModel], dict[str, AvailableModel], dict[str, Endpoint]
+]:
+    """A heartbeat's endpoints with URLs the router can reach, every model they list (loaded and
+    on disk) by normalized name, and which endpoint serves each: the first that has it in memory,
+    else the first that lists it."""
+    endpoints = tuple(
+        e if (url := reachable_url(e.url, peer_ip)) == e.url else attrs.evolve(e, url=url)
+        for e in hb.endpoints
+    )
+    loaded: dict[str, LoadedModel] = {}
+    available: dict[str, AvailableModel] = {}
+    serving: dict[str, Endpoint] = {}
+    for endpoint in endpoints:
+        for m in endpoint.models_loaded:
+            key = normalize_model(m.name)
+            if key not in loaded:
+                loaded[key] = m
+                serving[key] = endpoint
+        for a in endpoint.models_available:
+            key = normalize_model(a.name)
+            available.setdefault(key, a)
+            serving.setdefault(key, endpoint)
+    return endpoints, loaded, available, serving
 
 
 class Lane:
@@ -158,17 +187,13 @@ class Fleet:
             raise NodeConflict(
                 f"node id {hb.node_id!r} is in use by another agent; pick another --node-id"
             )
-        loaded = {}
-        available = {}
-        url = ""
-        if hb.draining and hb.ollama is None and state is not None:
+        if hb.draining and not hb.endpoints and state is not None:
             # a node going away keeps what it had: requests for its models wait for it to return
             # (or for FLEET_HOLD_TIMEOUT) instead of hearing that the model does not exist
-            loaded, available, url = state.loaded, state.available, state.ollama_url
-        elif hb.ollama is not None:
-            url = reachable_url(hb.ollama.url, peer_ip)
-            loaded = {normalize_model(m.name): m for m in hb.ollama.models_loaded}
-            available = {normalize_model(m.name): m for m in hb.ollama.models_available}
+            endpoints, loaded, available, serving = \
+                state.endpoints, state.loaded, state.available, state.serving
+        else:
+            endpoints, loaded, available, serving = _index(hb, peer_ip)
         if state is None:
             state = NodeState(node_id=hb.node_id, heartbeat=hb, first_seen=time.time())
             self.nodes[hb.node_id] = state
@@ -179,9 +204,10 @@ class Fleet:
                 del state.unloaded_at[name]
         state.heartbeat = hb
         state.admission = admission or state.admission
-        state.ollama_url = url
+        state.endpoints = endpoints
         state.loaded = loaded
         state.available = available
+        state.serving = serving
         state.last_seen = now
         state.last_seen_wall = time.time()
         state.heartbeats += 1
@@ -199,10 +225,9 @@ class Fleet:
         if hb.draining:
             self.forget_pending(hb.node_id)
             return None
-        url, models = "", 0
-        if hb.ollama is not None:
-            url = reachable_url(hb.ollama.url, peer_ip)
-            models = len(hb.ollama.models_available)
+        url, models = "", sum(len(e.models_available) for e in hb.endpoints)
+        if hb.endpoints:
+            url = reachable_url(hb.endpoints[0].url, peer_ip)
         pending = self.pending.get(hb.node_id)
         if pending is None:
             pending = self.pending[hb.node_id] = PendingNode(
@@ -279,13 +304,19 @@ class Fleet:
         for listener in self.listeners:
             listener(node_id, old, new)
 
-    def add_available(self, node_id: str, model: AvailableModel) -> None:
-        """Note a model the router itself just put on a node's disk (auto-pull), before the
-        node's next heartbeat confirms it."""
+    def add_available(self, node_id: str, model: AvailableModel, kind: str = "") -> None:
+        """Note a model the router itself just put on a node's disk (auto-pull) through its
+        endpoint of ``kind`` (else its first), before the node's next heartbeat confirms it."""
         state = self.nodes.get(node_id)
-        if state is not None:
-            state.available.setdefault(normalize_model(model.name), model)
-            self._changed()
+        if state is None:
+            return
+        key = normalize_model(model.name)
+        state.available.setdefault(key, model)
+        endpoint = state.endpoint(kind) if kind else None
+        endpoint = endpoint or (state.endpoints[0] if state.endpoints else None)
+        if endpoint is not None:
+            state.serving.setdefault(key, endpoint)
+        self._changed()
 
     def add_loaded(self, node_id: str, model_key: str) -> None:
         """Note a model the router itself just loaded on a node (pre-warm), before the node's
@@ -317,6 +348,8 @@ class Fleet:
         self.remove_loaded(node_id, model_key)
         state = self.nodes.get(node_id)
         if state is not None and state.available.pop(model_key, None) is not None:
+            if model_key not in state.loaded:
+                state.serving.pop(model_key, None)
             self._changed()
 
     # --- reads ---------------------------------------------------------------------------------

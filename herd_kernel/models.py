@@ -136,11 +136,23 @@ class AvailableModel:
     context_length: int = 0  # training context, when the node knows it
 
 
-@frozen(kw_only=True)
-class OllamaReport:
-    """What the Ollama backend's node-side probe saw."""
+_KIND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 
+
+def _kind(_inst: Any, _attribute: attrs.Attribute, value: str) -> None:
+    if not _KIND.match(value):
+        raise ValueError("kind must be 1-32 lower-case letters, digits, '-' or '_'")
+
+
+@frozen(kw_only=True)
+class Endpoint:
+    """One inference engine on a node, as that engine's backend probe saw it. ``kind`` names the
+    backend that drives it (e.g. ``ollama``, ``openai``); the kernel routes a model to the
+    endpoint that listed it and leaves the wire format to that backend."""
+
+    kind: str = field(validator=_kind)
     url: str
+    engine: str = ""  # what answers there, when the probe could tell (e.g. ``llama.cpp``)
     version: str = ""
     healthy: bool = True
     models_loaded: tuple[LoadedModel, ...] = ()
@@ -168,7 +180,7 @@ class Heartbeat:
     disk: DiskReading = DiskReading()
     thermal: ThermalReading = ThermalReading()
     gpus: tuple[GpuReading, ...] = ()
-    ollama: OllamaReport | None = None
+    endpoints: tuple[Endpoint, ...] = ()
     extras: dict[str, Any] = field(factory=dict)
 
 
@@ -182,12 +194,13 @@ class NodeState:
     node_id: str
     heartbeat: Heartbeat
     status: NodeStatus = "online"
-    ollama_url: str = ""
+    endpoints: tuple[Endpoint, ...] = ()  # as reported, URLs made reachable from the router
     first_seen: float = 0.0  # wall clock
     last_seen: float = 0.0  # monotonic
     last_seen_wall: float = 0.0
     loaded: dict[str, LoadedModel] = field(factory=dict)  # normalized name -> model
     available: dict[str, AvailableModel] = field(factory=dict)
+    serving: dict[str, Endpoint] = field(factory=dict)  # normalized name -> its endpoint
     unloaded_at: dict[str, float] = field(factory=dict)  # normalized name -> monotonic time
     heartbeats: int = 0
     admission: str = ""  # how it was let in: local | admitted | secret (herd_kernel.admission)
@@ -197,13 +210,25 @@ class NodeState:
         hb = self.heartbeat
         return self.status != "offline" and not hb.draining and not hb.paused
 
+    @property
+    def url(self) -> str:
+        """The first endpoint's URL ("" when the node reports none): for display."""
+        return self.endpoints[0].url if self.endpoints else ""
+
+    def endpoint(self, kind: str) -> Endpoint | None:
+        """The node's first endpoint of ``kind``."""
+        for endpoint in self.endpoints:
+            if endpoint.kind == kind:
+                return endpoint
+        return None
+
 
 @frozen(kw_only=True)
 class RouteRequest:
     """The few facts about a client request that routing needs; parsed once per request."""
 
     model: str  # as the client sent it
-    api: Literal["ollama", "openai", "anthropic"]
+    api: str  # the client API's dialect (``herd_kernel.wire``), e.g. ``openai``
     path: str
     stream: bool
     num_ctx: int | None = None
@@ -296,7 +321,8 @@ def _strict_sequence(type_: Any) -> None:
 
 
 for _seq in (
-    tuple[LoadedModel, ...], tuple[AvailableModel, ...], tuple[GpuReading, ...], tuple[str, ...]
+    tuple[LoadedModel, ...], tuple[AvailableModel, ...], tuple[GpuReading, ...], tuple[str, ...],
+    tuple[Endpoint, ...],
 ):
     _strict_sequence(_seq)
 

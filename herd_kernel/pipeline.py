@@ -1,9 +1,10 @@
 """One proxied request's life: score -> dispatch -> relay -> trace, with transparent retry on
 another node while nothing has reached the client yet.
 
-Bytes are relayed as they arrive, cut only at frame boundaries (a newline for NDJSON, a blank line
-for SSE) so that a node dying mid-frame never leaves a half line in the client's stream; the
-stream then ends with an error frame in its own format.
+Bytes are relayed as they arrive, cut only at frame boundaries (the engine's dialect says what
+separates its frames) so that a node dying mid-frame never leaves a half frame in the client's
+stream; the stream then ends with an error frame in the client's own format. When the engine speaks
+another dialect than the client, the backend's ``Translator`` rewrites each frame on the way.
 """
 
 from __future__ import annotations
@@ -12,10 +13,9 @@ import asyncio
 import itertools
 import json
 import os
-import re
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import structlog
@@ -25,7 +25,7 @@ from herd_kernel.models import Attempt, RouteRequest, Trace
 from herd_kernel.queues import Refused, Slot
 from herd_kernel.scoring import Decision, NoRoute
 from herd_kernel.upstream import AnswerTooLarge, Response
-from herd_kernel.wire import Api, error_response, stream_error
+from herd_kernel.wire import Dialect, dialect, error_response, stream_error
 
 if TYPE_CHECKING:
     from herd_kernel.app import Services
@@ -36,12 +36,35 @@ _TAIL = 16384  # bytes of stream kept to read the final chunk's token counts
 _FORWARD_HEADERS = ("Content-Type",)
 
 
+class Translator(Protocol):
+    """Rewrites an engine's answer into the client's dialect, for one request."""
+
+    content_type: str  # of the translated answer
+
+    def frame(self, frame: bytes) -> bytes:
+        """One whole frame of the engine's stream -> what the client gets for it (maybe b"")."""
+        ...
+
+    def end(self) -> bytes:
+        """The stream ended normally: the client's closing frames."""
+        ...
+
+    def whole(self, body: bytes, status: int) -> bytes:
+        """A whole (non-streamed, or error) answer with its status."""
+        ...
+
+
 @attrs.frozen(kw_only=True)
 class Outbound:
-    """What a backend sends for one routing decision: the bytes, extra response headers, and an
-    optional function that derives more headers from a whole (non-streamed) answer."""
+    """What a backend sends for one routing decision: the bytes, where to (``path`` on the chosen
+    endpoint; "" for the client's own path), the dialect the engine answers in ("" for the
+    client's), a translator when those differ, extra response headers, and an optional function
+    that derives more headers from a whole (non-streamed) answer."""
 
     body: bytes
+    path: str = ""
+    dialect: str = ""
+    translate: Translator | None = None
     headers: Mapping[str, str] = attrs.field(factory=dict)
     on_complete: Callable[[bytes], Mapping[str, str]] | None = None  # whole answer -> headers
     observe: Callable[[bytes], None] | None = None  # each relayed frame of a stream
@@ -60,13 +83,6 @@ class UpstreamFailed(Exception):
 
 
 _ERROR_BODY_LIMIT = 1024 * 1024  # an error answer longer than this is not an error message
-# Ollama's wording when a model is not on the node ("model 'x' not found", 'model "x" not found,
-# try pulling it first')
-_MODEL_GONE = re.compile(r"""model ['"].*['"] not found""")
-# a 500 that is the request's fault, not the node's: Ollama reports some bad options that way
-_CLIENT_FAULT = re.compile(
-    r"must be of type|cannot unmarshal|invalid (?:character|option|value|input|think)|"
-    r"does not support|is too short|out of range", re.IGNORECASE)
 
 
 _ID_PREFIX = os.urandom(4).hex()  # this process's; the counter makes each id unique within it
@@ -126,11 +142,13 @@ class Pipeline:
             tokens: int | None = None
             try:
                 outbound = prepare(decision)
-                upstream, early = await self._open(decision, upstream_path, outbound.body)
+                engine = dialect(outbound.dialect or route.api)
+                upstream, early = await self._open(decision, outbound.path or upstream_path,
+                                                   outbound.body, engine)
                 slot.touch()
                 response, fields = await self._relay(
-                    request, route, decision, upstream, early, attempts, started, outbound, slot
-                )
+                    request, route, decision, upstream, early, attempts, started, outbound, slot,
+                    engine)
                 node_ok = fields.pop("node_ok")
                 tokens = fields.get("completion_tokens")
             except (UpstreamFailed, asyncio.CancelledError) as exc:
@@ -176,16 +194,18 @@ class Pipeline:
     # --- upstream ------------------------------------------------------------------------------
 
     async def _open(
-        self, decision: Decision, path: str, payload: bytes
+        self, decision: Decision, path: str, payload: bytes, engine: Dialect
     ) -> tuple[Response, bytes | None]:
         """Send the request; the node's answer once its head is in, with its body already read
         when it is an error that goes back to the client as it is. Raises ``UpstreamFailed`` when
         another node should be tried: the node cannot be reached, dropped the connection, is
         unwell (5xx), busy (408, 429) or no longer has the model (404)."""
         node = decision.node
+        if decision.endpoint is None:
+            raise UpstreamFailed("no endpoint serves the model")
         try:
             response = await self.services.upstream.post(
-                node.ollama_url, path, payload, self.services.upstream_headers(path, payload)
+                decision.endpoint.url, path, payload, self.services.upstream_headers(path, payload)
             )
         except (TimeoutError, OSError) as exc:  # UpstreamError is an OSError
             step = "dropped after sending" if getattr(exc, "sent", False) else "connect"
@@ -199,15 +219,17 @@ class Pipeline:
             response.release()
             raise UpstreamFailed(f"HTTP {status}, then {type(exc).__name__}", status) from None
         message = _error_text(body[:2048].decode("utf-8", "replace"))
-        if status == 404 and _MODEL_GONE.search(message):
+        fault = engine.classify(status, message)
+        if fault == "gone":
             # its model list changed since its last heartbeat: forget the model there at once
             self.services.fleet.forget_model(node.node_id, decision.model_key)
             response.release()
-            raise UpstreamFailed(f"model gone: HTTP 404: {message}", 404, node_fault=False)
-        if status in (408, 429) or (status >= 500 and not _CLIENT_FAULT.search(message)):
+            raise UpstreamFailed(f"model gone: HTTP {status}: {message}", status,
+                                 node_fault=False)
+        if fault != "client":
             response.release()
             raise UpstreamFailed(f"HTTP {status}: {message}", status, node_fault=status >= 500)
-        return response, body  # the client's own mistake: Ollama's answer, as it is
+        return response, body  # the client's own mistake: the engine's answer, as it is
 
     async def _relay(
         self,
@@ -220,6 +242,7 @@ class Pipeline:
         started: float,
         outbound: Outbound,
         slot: Slot,
+        engine: Dialect,
     ) -> tuple[web.StreamResponse, dict[str, Any]]:
         """Relay the answer. ``ttft_ms`` runs from the request's arrival to the first streamed
         byte; a non-streaming answer has none (it arrives whole). ``early``: an error body
@@ -230,6 +253,11 @@ class Pipeline:
             value = upstream.headers.get(name.lower())
             if value is not None:
                 headers[name] = value
+        translate = outbound.translate
+        told = engine  # the dialect of what the client gets: token counts are read from it
+        if translate is not None:
+            headers["Content-Type"] = translate.content_type
+            told = dialect(route.api)
 
         if early is not None or not route.stream:
             payload = early
@@ -244,10 +272,12 @@ class Pipeline:
                     return error_response(route.api, 502, message), {
                         "status": "failed", "http_status": 502, "error_message": message,
                         "node_ok": None}
+            if translate is not None:
+                payload = translate.whole(payload, upstream.status)
+            fields = _counts(told, payload, whole=True)
             if outbound.on_complete is not None and upstream.status < 400:
                 headers.update(outbound.on_complete(payload))
             response = web.Response(status=upstream.status, body=payload, headers=headers)
-            fields = _final_counts(payload, route.api, whole=True)
             status = "completed" if upstream.status < 400 else "failed"
             if outbound.summary is not None and status == "completed":
                 fields["details"] = dict(outbound.summary())
@@ -260,7 +290,7 @@ class Pipeline:
                 **fields,
             }
 
-        delimiter = b"\n" if route.api == "ollama" else b"\n\n"  # NDJSON, else SSE
+        delimiter = engine.delimiter
         try:
             first = await upstream.readany()
         except (TimeoutError, OSError) as exc:
@@ -284,10 +314,13 @@ class Pipeline:
                     end = cut + len(delimiter)
                     frame = bytes(pending[:end])
                     del pending[:end]
-                    await response.write(frame)  # waits while the client's buffer is full
-                    if outbound.observe is not None:
-                        outbound.observe(frame)
+                    if translate is not None:
+                        frame = translate.frame(frame)
                     tail += frame
+                    if frame:
+                        await response.write(frame)  # waits while the client's buffer is full
+                        if outbound.observe is not None:
+                            outbound.observe(frame)
                     if len(tail) > _TAIL:
                         del tail[: len(tail) - _TAIL]
                 searched = len(pending)
@@ -306,9 +339,17 @@ class Pipeline:
                     break
                 slot.touch()
                 pending += chunk
-            if pending and error is None:
-                await response.write(bytes(pending))  # a last frame without its delimiter
-                tail += pending
+            if pending and error is None:  # a last frame without its delimiter
+                last = bytes(pending)
+                if translate is not None:
+                    last = translate.frame(last)
+                tail += last
+                await response.write(last)
+            if error is None and translate is not None:
+                closing = translate.end()
+                tail += closing
+                if closing:
+                    await response.write(closing)
             if error is not None:
                 status = "failed"
                 await response.write(stream_error(route.api, error))
@@ -328,7 +369,7 @@ class Pipeline:
                     await response.write_eof()
             except (TimeoutError, ConnectionResetError):
                 pass
-        counts = _final_counts(bytes(tail), route.api, whole=False)
+        counts = _counts(told, bytes(tail), whole=False)
         if outbound.summary is not None:
             counts["details"] = dict(outbound.summary())
         return response, {
@@ -512,39 +553,6 @@ def _error_text(text: str) -> str:
     return str(err if err is not None else text)[:200]
 
 
-def _final_counts(data: bytes, api: Api, *, whole: bool) -> dict[str, int | None]:
-    """Token counts from the last JSON object of a response (Ollama final chunk or OpenAI usage).
-
-    A node's JSON is not trusted: a count is a whole number from 0 to 2**63 - 1 (SQLite's
-    INTEGER), else None; ``"12"``, ``true``, ``1.5``, ``1e400`` or ``[1]`` are not counts."""
-
-    def count(value: object) -> int | None:
-        if isinstance(value, float) and value.is_integer():  # 12.0 (inf and nan are not)
-            value = int(value)
-        return value if type(value) is int and 0 <= value < 1 << 63 else None
-
-    text = data.decode("utf-8", "replace")
-    if whole:
-        candidates = [text]
-    else:
-        lines = [ln for ln in text.split("\n") if ln.strip()]
-        candidates = [ln.removeprefix("data: ") for ln in reversed(lines[-4:])]
-    for candidate in candidates:
-        try:
-            obj = json.loads(candidate)
-        except ValueError:  # also a number of more than 4,300 digits
-            continue
-        if not isinstance(obj, dict):
-            continue
-        usage = obj.get("usage")
-        if isinstance(usage, dict):
-            return {
-                "prompt_tokens": count(usage.get("prompt_tokens")),
-                "completion_tokens": count(usage.get("completion_tokens")),
-            }
-        if "eval_count" in obj or "prompt_eval_count" in obj:
-            return {
-                "prompt_tokens": count(obj.get("prompt_eval_count")),
-                "completion_tokens": count(obj.get("eval_count")),
-            }
-    return {"prompt_tokens": None, "completion_tokens": None}
+def _counts(engine: Dialect, data: bytes, *, whole: bool) -> dict[str, Any]:
+    prompt, completion = engine.counts(data, whole)
+    return {"prompt_tokens": prompt, "completion_tokens": completion}

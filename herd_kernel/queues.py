@@ -283,8 +283,8 @@ class QueueManager:
     # --- concurrency -----------------------------------------------------------------------------
 
     def limit_for(self, node: NodeState, lane: Lane) -> int:
-        ollama = node.heartbeat.ollama
-        limit = ollama.num_parallel if ollama is not None and ollama.num_parallel > 0 \
+        endpoint = node.serving.get(lane.model)
+        limit = endpoint.num_parallel if endpoint is not None and endpoint.num_parallel > 0 \
             else self.default_limit
         limit = min(limit, self.max_limit)
         if lane.model not in node.loaded and limit > 1:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -18,7 +18,10 @@ from herd_kernel.api import Candidate, LatencyView, ScoringContext
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet
 from herd_kernel.latency import LatencyHistory
-from herd_kernel.models import NodeState, RouteRequest, normalize_model
+from herd_kernel.models import Endpoint, NodeState, RouteRequest, normalize_model
+
+#: why an endpoint cannot serve a request (None: it can); the engines' ``refuses``
+Refusal = Callable[[RouteRequest, Endpoint], str | None]
 
 log = structlog.get_logger("herd.scoring")
 
@@ -32,6 +35,7 @@ class Decision:
     breakdown: dict[str, float]
     eliminated: dict[str, str] = field(factory=dict)  # node_id -> reason
     fallback: bool = False
+    endpoint: Endpoint | None = None  # the engine on the node that serves the model
 
     @property
     def breakdown_header(self) -> str:
@@ -56,8 +60,10 @@ class Scorer:
         signals: Sequence[Any],
         config: Config,
         latency: LatencyView | None = None,
+        refuses: Refusal | None = None,
     ) -> None:
         self.fleet = fleet
+        self.refuses = refuses
         self.latency = latency if latency is not None else LatencyHistory()
         self.signals = list(signals)
         self.config = config
@@ -76,7 +82,7 @@ class Scorer:
         since = self.fleet.clock() - self.started
         if since < self.report_window:
             wait = max(1, min(5, math.ceil(self.report_window - since)))
-            if not any(n.heartbeat.ollama for n in nodes):
+            if not any(n.endpoints for n in nodes):
                 return (f"the router started {since:.0f} s ago and no node has reported its "
                         "models yet"), wait
             missing = sorted(self.expected - self.fleet.nodes.keys())
@@ -84,9 +90,11 @@ class Scorer:
                 return (f"the router started {since:.0f} s ago and node {missing[0]} has not "
                         "reported yet"), wait
         for node in nodes:
-            ollama = node.heartbeat.ollama
-            if node.status != "offline" and ollama is not None and not ollama.healthy:
-                return f"node {node.node_id} cannot read its Ollama's model list", 5
+            if node.status != "offline":
+                for endpoint in node.endpoints:
+                    if not endpoint.healthy:
+                        return (f"node {node.node_id} cannot read the model list of its "
+                                f"{endpoint.engine or endpoint.kind} at {endpoint.url}"), 5
         return None
 
     def choose(self, request: RouteRequest, exclude: Collection[str] = ()) -> Decision | NoRoute:
@@ -134,10 +142,17 @@ class Scorer:
             known = True
             hb = node.heartbeat
             # elimination_reason inlined: this loop runs over every node
-            if node.status == "offline" or hb.draining or hb.paused or not node.ollama_url \
+            if node.status == "offline" or hb.draining or hb.paused or not node.endpoints \
                     or node.node_id in exclude:
                 eliminated[node.node_id] = elimination_reason(node, exclude) or "unavailable"
                 continue
+            if self.refuses is not None:
+                endpoint = node.serving.get(key)
+                reason = "no endpoint serves it" if endpoint is None \
+                    else self.refuses(request, endpoint)
+                if reason is not None:
+                    eliminated[node.node_id] = reason
+                    continue
             group.append(node)
         if not hot and not cold:
             kind = "unavailable" if known else "unknown_model"
@@ -180,8 +195,10 @@ class Scorer:
         # (max keeps the first of equal keys, so walk the candidates in id order)
         by_id = sorted(range(len(candidates)), key=lambda i: candidates[i].node_id)
         best = max(by_id, key=lambda i: (totals[i], -candidates[i].node_in_flight))
+        chosen = candidates[best].node
         return Decision(
-            node=candidates[best].node,
+            node=chosen,
+            endpoint=chosen.serving.get(key),
             model=model,
             model_key=key,
             score=round(totals[best], 2),
@@ -270,6 +287,6 @@ def elimination_reason(node: NodeState, exclude: Collection[str]) -> str | None:
         return "draining"
     if node.heartbeat.paused:
         return "paused"
-    if not node.ollama_url:
-        return "no backend reported"
+    if not node.endpoints:
+        return "no engine reported"
     return None

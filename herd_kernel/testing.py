@@ -76,9 +76,10 @@ def heartbeat_payload(
     loaded: Iterable[str | Mapping[str, Any]] = (),
     available: Iterable[str | Mapping[str, Any]] = (),
     memory_gb: float = 32.0,
+    kind: str = "ollama",
     **extra: Any,
 ) -> dict[str, Any]:
-    """A heartbeat body as a node agent would send it."""
+    """A heartbeat body as a node agent would send it: one endpoint of ``kind`` at ``url``."""
 
     def entry(item: str | Mapping[str, Any]) -> dict[str, Any]:
         return {"name": item} if isinstance(item, str) else dict(item)
@@ -90,12 +91,13 @@ def heartbeat_payload(
         "cpu": {"cores_physical": 8, "cores_logical": 8, "utilization_pct": 5.0},
         "memory": {"total_gb": memory_gb, "used_gb": 4.0, "available_gb": memory_gb - 4.0},
         "disk": {"total_gb": 500.0, "used_gb": 100.0, "available_gb": 400.0},
-        "ollama": {
+        "endpoints": [{
+            "kind": kind,
             "url": url,
             "version": "0.12.3",
             "models_loaded": [entry(m) for m in loaded],
             "models_available": [entry(m) for m in (*available, *loaded)],
-        },
+        }],
         **extra,
     }
 

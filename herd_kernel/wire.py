@@ -1,6 +1,6 @@
-"""Wire formats shared by the kernel and backends: JSON error bodies in the shape of the API that
-was called (Ollama native, OpenAI, or Anthropic's Messages on ``/v1/messages``), in-stream errors,
-and request parsing helpers.
+"""Wire mechanics shared by the kernel and backends: the registry of client API dialects (error
+bodies in the shape of the API that was called, in-stream errors, stream framing, token counts;
+backends register them), whole-body reading, and request parsing helpers.
 """
 
 from __future__ import annotations
@@ -8,44 +8,91 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import re
 import zlib
-from typing import Any, Literal
+from collections.abc import Callable, Sequence
+from typing import Any
 
+import attrs
 from aiohttp import web
 from aiohttp.web_protocol import RequestPayloadError
 
-Api = Literal["ollama", "openai", "anthropic"]
+#: The name of a client API dialect (see ``Dialect``), e.g. ``openai``.
+Api = str
 
 #: The id of the request being handled, set by the route that parsed it, for error logs.
 REQUEST_ID = web.RequestKey("herd_request_id", str)
 
-_OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 401: "authentication_error"}
 _JSON = "application/json; charset=utf-8"
 
 
-# Anthropic's error types by status, as Ollama's anthropic.NewError chooses them
-_ANTHROPIC_TYPES = {400: "invalid_request_error", 401: "authentication_error",
-                    403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
-                    503: "overloaded_error", 529: "overloaded_error"}
+@attrs.frozen(kw_only=True)
+class Dialect:
+    """A wire format: how its errors look (whole and in a stream), what separates its stream
+    frames, and where its answers carry token counts. The kernel knows none by name: backends
+    register the dialects of the APIs they serve (``register_dialect``) and the paths that speak
+    each, and the kernel looks them up for error answers and for relaying streams."""
+
+    name: str
+    error_body: Callable[[int, str, str | None], dict[str, Any]]  # status, message, type
+    stream_error: Callable[[str], bytes]  # message -> the stream's last frame
+    delimiter: bytes = b"\n"  # between stream frames
+    #: (prompt, completion) tokens from an answer: the whole body, or a stream's last frames
+    counts: Callable[[bytes, bool], tuple[int | None, int | None]] = \
+        lambda _data, _whole: (None, None)
+    #: an engine's error answer -> "gone" (the model is not there), "client" (the request's own
+    #: fault, relayed as it is) or None (the node's fault: try another)
+    classify: Callable[[int, str], str | None] = attrs.field(
+        default=lambda status, _message: http_fault(status))
+
+
+def http_fault(status: int) -> str | None:
+    """Plain HTTP's reading of an error status: a 4xx is the client's, except 408 and 429 (the
+    node was busy); a 5xx is the node's."""
+    return "client" if 400 <= status < 500 and status not in (408, 429) else None
+
+
+def _plain_error(status: int, message: str, _type: str | None) -> dict[str, Any]:
+    return {"error": message}
+
+
+#: what the kernel answers in when no dialect owns a path: ``{"error": "..."}``
+PLAIN = Dialect(name="plain", error_body=_plain_error,
+                stream_error=lambda m: json.dumps({"error": m}).encode() + b"\n")
+DIALECTS: dict[str, Dialect] = {PLAIN.name: PLAIN}
+_EXACT: dict[str, str] = {}  # path -> dialect name
+_PREFIXES: list[tuple[str, str]] = []  # (prefix, dialect name), longest first
+
+
+def register_dialect(dialect: Dialect, *, paths: Sequence[str] = (),
+                     prefixes: Sequence[str] = ()) -> None:
+    """Make ``dialect`` known and the default for ``paths`` (exact) and ``prefixes``. The first
+    registration of a name or path wins, so two backends that serve one API agree."""
+    DIALECTS.setdefault(dialect.name, dialect)
+    for path in paths:
+        _EXACT.setdefault(path, dialect.name)
+    for prefix in prefixes:
+        if all(p != prefix for p, _ in _PREFIXES):
+            _PREFIXES.append((prefix, dialect.name))
+    _PREFIXES.sort(key=lambda item: -len(item[0]))
+
+
+def dialect(name: str) -> Dialect:
+    return DIALECTS.get(name, PLAIN)
 
 
 def api_for_path(path: str) -> Api:
-    if path.startswith("/v1/"):
-        return "anthropic" if path == "/v1/messages" else "openai"
-    return "ollama"
+    name = _EXACT.get(path)
+    if name is not None:
+        return name
+    for prefix, name in _PREFIXES:
+        if path.startswith(prefix):
+            return name
+    return PLAIN.name
 
 
 def error_body(api: Api, status: int, message: str, *, type_: str | None = None) -> dict[str, Any]:
-    if api == "openai":
-        kind = type_ or _OPENAI_TYPES.get(status, "api_error")
-        return {"error": {"message": message, "type": kind, "param": None, "code": None}}
-    if api == "anthropic":
-        kind = type_ or _ANTHROPIC_TYPES.get(status, "api_error")
-        return {"type": "error", "error": {"type": kind, "message": message},
-                "request_id": f"req_{os.urandom(12).hex()}"}
-    return {"error": message}
+    return dialect(api).error_body(status, message, type_)
 
 
 def error_response(
@@ -62,13 +109,7 @@ def error_response(
 
 def stream_error(api: Api, message: str) -> bytes:
     """The last frame of a stream that failed after its first byte, in the stream's own format."""
-    if api == "openai":
-        payload = {"error": {"message": message, "type": "api_error", "param": None, "code": None}}
-        return b"data: " + json.dumps(payload).encode() + b"\n\n"
-    if api == "anthropic":  # Anthropic's stream error event
-        payload = {"type": "error", "error": {"type": "api_error", "message": message}}
-        return b"event: error\ndata: " + json.dumps(payload).encode() + b"\n\n"
-    return json.dumps({"error": message}).encode() + b"\n"
+    return dialect(api).stream_error(message)
 
 
 class BadRequest(Exception):

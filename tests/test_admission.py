@@ -287,7 +287,7 @@ async def test_a_node_elsewhere_cannot_point_the_router_at_its_own_machine(herd_
     router = remote(await herd_router(env={"FLEET_ENROLL_MINUTES": "10"}))  # even in a window
     body, headers = signed(KEY_A, heartbeat_payload("n1", url=url, loaded=[MODEL]), present=True)
     status, reply = await post(router, None, headers, raw=body)
-    assert status == 400 and reply["field"] == "ollama.url"
+    assert status == 400 and reply["field"] == "endpoints[0].url"
     assert "this router's own machine" in reply["error"]
     assert router.services.fleet.nodes == {} and router.services.fleet.pending == {}
     assert router.services.admission.records == {}
@@ -297,7 +297,7 @@ async def test_a_node_elsewhere_cannot_point_the_router_at_its_own_machine(herd_
 async def test_a_malformed_node_url_is_a_400_naming_it_from_anywhere(herd_router, url, problem):
     router = await herd_router(env=NO_WINDOW)
     status, reply = await post(router, heartbeat_payload("n1", url=url))  # from this machine
-    assert status == 400 and problem in reply["error"] and reply["field"] == "ollama.url"
+    assert status == 400 and problem in reply["error"] and reply["field"] == "endpoints[0].url"
     remote(router)
     body, headers = signed(KEY_A, heartbeat_payload("n1", url=url), present=True)
     status, reply = await post(router, None, headers, raw=body)

@@ -117,10 +117,19 @@ def test_plugin_package_shape(package):
     assert match, f"{package.name}: distribution {dist!r} is not herd-<kind>-<name>"
     assert dist == package.name, f"directory {package.name} holds distribution {dist!r}"
     kind, name = match["kind"], match["name"]
+    module = f"herd_{kind}_{name.replace('-', '_')}"
+    if tomllib.loads(pyproject.read_text()).get("tool", {}).get("herd", {}).get("library"):
+        # a library that plugins share (``[tool.herd] library = true``): no entry point, never
+        # loaded on its own, but documented and tested like a plugin
+        assert not project.get("entry-points", {}).get(ENTRY_POINT_GROUP), (
+            f"{dist}: a library must not declare plugins")
+        assert (package / module / "__init__.py").is_file(), f"{dist}: no package {module}/"
+        assert (package / "README.md").is_file(), f"{dist}: no README.md"
+        assert list((package / "tests").glob("test_*.py")), f"{dist}: tests/ has no test_*.py"
+        return
     assert kind in KINDS, f"{dist}: kind {kind!r} is not one of {sorted(KINDS)}"
 
     entry = f"{kind}-{name}"
-    module = f"herd_{kind}_{name.replace('-', '_')}"
     entries = project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {})
     assert entry in entries, (
         f"{dist}: no entry point {entry!r} in group {ENTRY_POINT_GROUP!r}: {entries}"

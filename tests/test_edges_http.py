@@ -116,14 +116,14 @@ async def test_version_with_no_nodes_is_a_real_ollama_version_then_the_fleets_lo
         assert spoken != "0.0.0" and spoken.count(".") == 2
         for node, version in (("old", "0.11.4"), ("new", "0.14.2")):
             beat = heartbeat_payload(node, available=[MODEL])
-            beat["ollama"]["version"] = version
+            beat["endpoints"][0]["version"] = version
             async with http.post(f"{router.url}/heartbeat", json=beat) as r:
                 assert r.status == 200
         async with http.get(f"{router.url}/api/version") as r:
             assert (await r.json())["version"] == "0.11.4"
         for node in ("old", "new"):  # every node goes away
             gone = {**heartbeat_payload(node), "draining": True}
-            del gone["ollama"]
+            del gone["endpoints"]
             async with http.post(f"{router.url}/heartbeat", json=gone) as r:
                 assert r.status == 200
         assert all(n.status == "offline" for n in router.services.fleet.nodes.values())

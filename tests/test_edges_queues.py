@@ -96,7 +96,7 @@ async def test_unknown_model_is_503_while_the_fleet_is_still_reporting(herd_rout
             assert "fleet still reporting" in (await r.json())["error"]["message"]
         # a node whose Ollama is restarting cannot list its models
         down = heartbeat_payload("n1", available=[MODEL])
-        down["ollama"].update(healthy=False, models_available=[], models_loaded=[])
+        down["endpoints"][0].update(healthy=False, models_available=[], models_loaded=[])
         async with http.post(f"{router.url}/heartbeat", json=down) as r:
             assert r.status == 200
         status, headers, body = await post(http, router.url, {**CHAT, "model": "mystery:1b"})

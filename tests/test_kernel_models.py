@@ -7,8 +7,8 @@ from herd_kernel.testing import heartbeat_payload
 def test_heartbeat_round_trip_from_agent_shape():
     hb = structure(heartbeat_payload("n1", loaded=["llama3.2:3b"], available=["qwen3:8b"]), Heartbeat)
     assert hb.node_id == "n1"
-    assert [m.name for m in hb.ollama.models_loaded] == ["llama3.2:3b"]
-    assert {m.name for m in hb.ollama.models_available} == {"llama3.2:3b", "qwen3:8b"}
+    assert [m.name for m in hb.endpoints[0].models_loaded] == ["llama3.2:3b"]
+    assert {m.name for m in hb.endpoints[0].models_available} == {"llama3.2:3b", "qwen3:8b"}
     assert hb.memory.total_gb == 32.0
 
 
@@ -19,9 +19,10 @@ def test_heartbeat_round_trip_from_agent_shape():
         ({"memory": {"total_gb": -1}}, "memory.total_gb"),
         ({"memory": {"pressure": "on fire"}}, "memory.pressure"),
         ({"draining": "yes"}, "draining"),
-        ({"ollama": {"models_loaded": []}}, "ollama.url"),
-        ({"ollama": {"url": "http://x", "models_loaded": [{"name": "m", "size_bytes": "big"}]}},
-         "ollama.models_loaded[0].size_bytes"),
+        ({"endpoints": [{"kind": "ollama", "models_loaded": []}]}, "endpoints[0].url"),
+        ({"endpoints": [{"kind": "ollama", "url": "http://x",
+                         "models_loaded": [{"name": "m", "size_bytes": "big"}]}]},
+         "endpoints[0].models_loaded[0].size_bytes"),
     ],
 )
 def test_bad_heartbeat_names_the_field(patch, field):

@@ -29,7 +29,7 @@ class Prefer:
 
 def beat(node_id, *, parallel=0, loaded=("m",), available=(), pressure="normal", **extra):
     body = heartbeat_payload(node_id, loaded=loaded, available=available, **extra)
-    body["ollama"]["num_parallel"] = parallel
+    body["endpoints"][0]["num_parallel"] = parallel
     body["memory"]["pressure"] = pressure
     return structure(body, Heartbeat)
 

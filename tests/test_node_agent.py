@@ -85,7 +85,7 @@ async def test_agent_survives_the_router_being_away(herd_router, tmp_path, unuse
             await wait_for(lambda: "n1" in app[SERVICES].fleet.nodes, timeout=10)
             node = app[SERVICES].fleet.nodes["n1"]
             # its Ollama (port 9) does not answer: it is known but offers no model
-            assert node.heartbeat.ollama.healthy is False and not node.available
+            assert node.heartbeat.endpoints[0].healthy is False and not node.available
             # the router registers the node before its reply reaches the agent
             await wait_for(lambda: agent.failures == 0)
         finally:
@@ -134,11 +134,11 @@ async def test_agent_rides_out_an_ollama_restart(herd_router, herd_agent):
         router = await herd_router(plugins="backend-ollama")
         await herd_agent(router.url, node.url, "n1", plugins="backend-ollama", interval=0.1)
         state = router.services.fleet.nodes["n1"]
-        await wait_for(lambda: state.heartbeat.ollama.healthy and state.available)
+        await wait_for(lambda: state.heartbeat.endpoints[0].healthy and state.available)
         await node.stop()  # Ollama goes away: the node stays known but offers nothing
-        await wait_for(lambda: not state.heartbeat.ollama.healthy)
+        await wait_for(lambda: not state.heartbeat.endpoints[0].healthy)
         assert not state.available and state.status == "online"
         await node.start()  # same port again: the next heartbeats bring its models back
-        await wait_for(lambda: state.heartbeat.ollama.healthy and state.available)
+        await wait_for(lambda: state.heartbeat.endpoints[0].healthy and state.available)
     finally:
         await node.stop()

@@ -73,7 +73,7 @@ async def test_router_reaches_a_localhost_only_ollama_through_the_signed_proxy(
         "FLEET_NODE_SECRET": SECRET, "FLEET_NODE_PROXY_PORT": "0",
         "FLEET_NODE_PROXY_HOST": "127.0.0.1"})
     assert agent.proxy_wanted()  # auto: a secret and a loopback Ollama
-    await wait_for(lambda: router.services.fleet.nodes["laptop"].ollama_url == agent.advertised_ollama)
+    await wait_for(lambda: router.services.fleet.nodes["laptop"].url == agent.advertised_ollama)
     assert agent.advertised_ollama != node.url
     async with ollama.AsyncClient(host=router.url) as client:
         reply = await client.chat(MODEL, messages=[{"role": "user", "content": "hi"}],
@@ -88,4 +88,4 @@ async def test_auto_mode_stays_off_without_a_secret(node, herd_router, herd_agen
     router = await herd_router(plugins="backend-ollama")
     agent = await herd_agent(router.url, node.url, "laptop", plugins="backend-ollama")
     assert not agent.proxy_wanted() and agent.advertised_ollama is None
-    assert router.services.fleet.nodes["laptop"].ollama_url == node.url
+    assert router.services.fleet.nodes["laptop"].url == node.url

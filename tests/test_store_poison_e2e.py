@@ -10,10 +10,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from herd_kernel.pipeline import _final_counts
+from herd_api_formats import counts
 from herd_kernel.testing import heartbeat_payload
 
 MODEL = "fake:1b"
+
+
+def _final_counts(data: bytes, _api: str, *, whole: bool) -> dict[str, int | None]:
+    """The trace's token counts from an answer, as the pipeline reads them (the dialects'
+    shared reader, which both Ollama's and OpenAI's shapes go through)."""
+    prompt, completion = counts(data, whole)
+    return {"prompt_tokens": prompt, "completion_tokens": completion}
 
 # the raw JSON text of eval_count in the final chunk, chosen by the prompt "bad N"
 BAD_COUNTS = ['"12"', "1.5", "1e400", "true", "[1]", '{"a":1}', "1" * 5000, str(2**63),

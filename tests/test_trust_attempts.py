@@ -11,6 +11,7 @@ import json
 import socket
 
 import aiohttp
+import attrs
 import pytest
 
 from herd_kernel.app import drain
@@ -147,7 +148,9 @@ async def test_a_node_url_that_cannot_work_is_an_attempt_that_moves_on(herd_rout
     await register(router, "broken", "http://127.0.0.1:11434", loaded=(MODEL,))
     await register(router, "good", good_url, loaded=(), available=(MODEL,))
     # a URL no socket can open: the registry is set directly (heartbeats refuse such URLs)
-    router.services.fleet.nodes["broken"].ollama_url = "http://127.0.0.1:99999"
+    state = router.services.fleet.nodes["broken"]
+    bad = attrs.evolve(state.endpoints[0], url="http://127.0.0.1:99999")
+    state.endpoints, state.serving = (bad,), {key: bad for key in state.serving}
     status, headers, _ = await chat(router)
     assert status == 200
     assert headers["X-Fleet-Node"] == "good" and headers["X-Fleet-Retries"] == "1"

@@ -99,13 +99,19 @@ class NodeAgent:
                 elif key == "paused":
                     # any sensor may pause the node; a later "false" must not undo another's "true"
                     payload["paused"] = bool(payload.get("paused")) or value is True
+                elif key == "endpoints" and isinstance(value, list):
+                    payload.setdefault("endpoints", []).extend(value)  # one list, every backend
                 else:
                     payload[key] = value
         if extras:
             payload["extras"] = extras
-        ollama = payload.get("ollama")
-        if self.advertised_ollama and isinstance(ollama, dict):
-            ollama["url"] = self.advertised_ollama
+        if self.advertised_ollama:
+            # the engine the LAN proxy fronts is reached through the proxy
+            target = self.config["FLEET_NODE_OLLAMA_HOST"].rstrip("/")
+            target = target if "://" in target else f"http://{target}"
+            for endpoint in payload.get("endpoints", ()):
+                if isinstance(endpoint, dict) and endpoint.get("url") == target:
+                    endpoint["url"] = self.advertised_ollama
         return payload
 
     def _signed(self, payload: Mapping[str, Any]) -> tuple[bytes, dict[str, str]]:

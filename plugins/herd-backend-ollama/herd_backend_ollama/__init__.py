@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from herd_backend_ollama import node, router, shaping, substitutes
+import herd_api_formats
+from herd_backend_ollama import engine, node, router, shaping, substitutes
 from herd_kernel.api import NodeContext, RouteDef
 from herd_kernel.config import Config
 from herd_kernel.hookspecs import hookimpl
@@ -18,9 +19,10 @@ class OllamaBackend:
 
     def __init__(self) -> None:
         self.capabilities = node.Capabilities()  # node side: per agent, kept across heartbeats
+        self.engine = engine.OllamaEngine()  # router side: drives endpoints of kind "ollama"
 
     def routes(self, services: Any) -> Sequence[RouteDef]:
-        return router.routes(services)
+        return router.routes(services, self.engine)
 
     async def probe(self, ctx: NodeContext) -> Mapping[str, Any]:
         return await node.probe(ctx, self.capabilities)
@@ -33,4 +35,5 @@ def herd_settings() -> Sequence[Any]:
 
 @hookimpl
 def herd_backends(config: Config) -> list[OllamaBackend]:
+    herd_api_formats.register()
     return [OllamaBackend()]

@@ -65,9 +65,17 @@ def is_command(path: str, body: Mapping[str, Any]) -> bool:
 def _holders(services: Any, key: str, skip: str | None = None) -> list[NodeState]:
     return sorted(
         (n for n in services.fleet.nodes.values()
-         if key in n.loaded and n.status != "offline" and n.ollama_url and n.node_id != skip),
+         if key in n.loaded and n.status != "offline" and n.node_id != skip
+         and (e := n.serving.get(key)) is not None and e.kind == "ollama"),
         key=lambda n: n.node_id,
     )
+
+
+def _ollama_url(node: NodeState) -> str:
+    endpoint = node.endpoint("ollama")
+    if endpoint is None:
+        raise OSError(f"node {node.node_id} reports no Ollama")
+    return endpoint.url
 
 
 def _pinned(node: NodeState, key: str) -> bool:
@@ -88,8 +96,8 @@ async def _send(
 ) -> tuple[str, bytes]:
     """("ok", the node's answer), or why the node did not take the command."""
     try:
-        status, raw = await services.node_post(node, path, payload,
-                                               services.config["FLEET_READ_TIMEOUT"])
+        status, raw = await services.endpoint_post(
+            _ollama_url(node), path, payload, services.config["FLEET_READ_TIMEOUT"])
     except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         return f"{type(exc).__name__}: {exc}".rstrip(": "), b""
     if status == 200:

@@ -155,6 +155,8 @@ async def probe(ctx: NodeContext, capabilities: Capabilities | None = None) -> d
     if capabilities is not None and available:
         capabilities.fill(ctx.http, base, available)
     report: dict[str, Any] = {
+        "kind": "ollama",
+        "engine": "ollama",
         "url": base,
         "healthy": healthy,
         "version": version.get("version", "") if isinstance(version, dict) else "",
@@ -164,7 +166,7 @@ async def probe(ctx: NodeContext, capabilities: Capabilities | None = None) -> d
         "num_parallel": max(0, ctx.config["FLEET_NODE_OLLAMA_NUM_PARALLEL"])
         or _int_env("OLLAMA_NUM_PARALLEL"),
     }
-    return {"ollama": report}
+    return {"endpoints": [report]}
 
 
 def _int_env(name: str) -> int:

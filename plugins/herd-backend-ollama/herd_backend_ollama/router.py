@@ -19,7 +19,8 @@ from typing import Any
 import attrs
 from aiohttp import web
 
-from herd_backend_ollama import keepalive, substitutes
+from herd_backend_ollama import engine, keepalive, substitutes
+from herd_backend_ollama.engine import parse_version as _parse_version
 from herd_backend_ollama.shaping import Shaper
 from herd_kernel import __version__
 from herd_kernel.api import RouteDef
@@ -59,7 +60,6 @@ class InferenceRoute:
         shaper: Shaper,
         keep_alive: keepalive.KeepAlive,
         empty_model_status: int = 400,
-        since: str | None = None,
     ) -> None:
         self.services = services
         self.shaper = shaper
@@ -69,8 +69,7 @@ class InferenceRoute:
         self.stream_default = stream_default
         self.not_found = not_found
         self.empty_model_status = empty_model_status
-        self.since = since  # the first Ollama release that serves this route
-        self.since_parsed = _parse_version(since) if since else None
+        self.relayed_as_is = path in engine.SINCE  # Responses and Messages: never shaped
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw, body = await self.services.read_json(request)  # BadRequest: the middleware answers
@@ -91,9 +90,11 @@ class InferenceRoute:
         if not command:
             served = self._substitute(route, headers, notes)
 
+        engines = self.services.engines
+
         def prepare(decision: Any) -> Outbound:
-            self._check_version(decision.node)
-            outbound = self.shaper.outbound(route, raw, body, decision)
+            # the engine that serves the model there: this backend's, or another's
+            outbound = engines[decision.endpoint.kind].outbound(route, raw, body, decision)
             if headers:
                 outbound = attrs.evolve(outbound, headers={**headers, **outbound.headers})
             if notes:
@@ -136,17 +137,6 @@ class InferenceRoute:
         notes["substitution"] = {"reason": reason, "requested": route.model, "served": substitute}
         return attrs.evolve(route, model=substitute, original_model=route.model)
 
-    def _check_version(self, node: Any) -> None:
-        """A node whose Ollama predates this route would answer 404: it fails like any node
-        before the first byte, so the pipeline goes on to the next-best node."""
-        if self.since_parsed is None:
-            return
-        ollama = node.heartbeat.ollama
-        have = _parse_version(ollama.version if ollama is not None else "")
-        if have is not None and have < self.since_parsed:
-            raise UpstreamFailed(f"Ollama {ollama.version} has no {self.path} (needs {self.since})",
-                                 404)
-
     async def _auto_pull(self, route: RouteRequest, headers: dict[str, str]) -> web.Response | None:
         fleet = self.services.fleet
         wanted = (route.model, *route.fallback_models)
@@ -165,7 +155,7 @@ class InferenceRoute:
                 return error_response(self.api, 404, self.not_found(route.model))
             return error_response(self.api, 503, f"auto-pull of '{route.model}' on "
                                   f"{node.node_id} failed: {failure}", headers={"Retry-After": "5"})
-        fleet.add_available(node.node_id, AvailableModel(name=route.model))
+        fleet.add_available(node.node_id, AvailableModel(name=route.model), "ollama")
         headers["X-Fleet-Auto-Pull"] = node.node_id
         return None
 
@@ -192,7 +182,7 @@ class InferenceRoute:
         if self.api == "openai":
             key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
             num_predict = _option_int(body, key, f"invalid value for '{key}'")
-        if self.since is not None:
+        if self.relayed_as_is:
             num_predict = None  # Responses and Messages bodies are relayed as they are, unshaped
         fallbacks = body.get("fallback_models", ())
         if fallbacks is None:
@@ -296,15 +286,9 @@ def _default_details(details: dict[str, Any]) -> dict[str, Any]:
     return {**base, **details}
 
 
-_VERSION = re.compile(r"^v?(\d+)\.(\d+)\.(\d+)")
 # What /api/version says before any node has reported one: the Ollama release that added
 # /v1/messages, the newest API the router serves (clients parse and compare it; 0.0.0 fails them).
 SPOKEN_VERSION = "0.14.0"
-
-
-def _parse_version(version: str | None) -> tuple[int, ...] | None:
-    match = _VERSION.match(version or "")
-    return tuple(int(x) for x in match.groups()) if match else None
 
 
 class FleetIndex:
@@ -340,14 +324,14 @@ class FleetIndex:
         self.version = fleet.version
         versions_changed = False
         for node_id, node in fleet.nodes.items():
-            listed = node.status != "offline" and bool(node.ollama_url)
+            listed = node.status != "offline" and bool(node.endpoints)
             av, ld = node.available, node.loaded
             seen = self.seen.get(node_id)
             if seen is not None and seen[0] is av and seen[1] == len(av) and seen[2] is ld \
                     and seen[3] == len(ld) and seen[4] == listed:
                 continue  # router-side additions (add_available, add_loaded) change the length
             self.seen[node_id] = (av, len(av), ld, len(ld), listed)
-            ollama = node.heartbeat.ollama
+            ollama = node.endpoint("ollama")
             version = ollama.version if listed and ollama is not None else ""
             new = (dict(av) if listed else {}, dict(ld) if listed else {}, version)
             old = self.contrib.get(node_id, ({}, {}, ""))
@@ -551,7 +535,8 @@ class Listings:
         if not isinstance(model, str):
             return error_response("ollama", 400, "invalid value for 'model': expected a string")
         key = normalize_model(model)
-        holders = [n for n in services.fleet.holders(key) if n.routable and n.ollama_url]
+        holders = [n for n in services.fleet.holders(key)
+                   if n.routable and (e := n.serving.get(key)) is not None and e.kind == "ollama"]
         if not holders:
             known = bool(services.fleet.holders(key))
             if known:
@@ -562,7 +547,7 @@ class Listings:
         for node in holders:
             try:
                 async with services.http.post(
-                    f"{node.ollama_url}/api/show", data=raw,
+                    f"{node.serving[key].url}/api/show", data=raw,
                     headers=services.upstream_headers("/api/show", raw),
                 ) as upstream:
                     payload = await upstream.read()
@@ -577,9 +562,10 @@ class Listings:
         return error_response("ollama", 502, f"no node could describe model '{model}' ({last_error})")
 
 
-def routes(services: Any) -> list[RouteDef]:
+def routes(services: Any, ollama: engine.OllamaEngine) -> list[RouteDef]:
     listing = Listings(services)
     shaper = Shaper(services.config, services.event)
+    ollama.bind(services, shaper)
     keep_alive = keepalive.KeepAlive(services)
 
     def infer(path: str, api: Api, stream_default: bool, not_found=_quoted_not_found, **kw: Any):
@@ -595,8 +581,8 @@ def routes(services: Any) -> list[RouteDef]:
         infer("/v1/completions", "openai", False),
         infer("/v1/embeddings", "openai", False, _embed_not_found),
         # added by Ollama 0.13.3 (ollama/ollama#13351) and 0.14.0 (#13600); both stream SSE
-        infer("/v1/responses", "openai", False, since="0.13.3"),
-        infer("/v1/messages", "anthropic", False, since="0.14.0"),
+        infer("/v1/responses", "openai", False),
+        infer("/v1/messages", "anthropic", False),
     ]
     defs = [RouteDef(method="POST", path=r.path, handler=r.handle) for r in inference]
     for path, handler in (

@@ -110,8 +110,8 @@ def vram_substitute(nodes: Iterable[NodeState], wanted: str) -> str | None:
 
 def pull_target(nodes: list[NodeState]) -> NodeState | None:
     """The online node with the most room: free disk first (the download), then memory."""
-    online = [n for n in nodes if n.routable and n.ollama_url and n.heartbeat.ollama is not None
-              and n.heartbeat.ollama.healthy]
+    online = [n for n in nodes if n.routable and (e := n.endpoint("ollama")) is not None
+              and e.healthy]
     if not online:
         return None
     return max(online, key=lambda n: (n.heartbeat.disk.available_gb,
@@ -121,8 +121,11 @@ def pull_target(nodes: list[NodeState]) -> NodeState | None:
 async def pull(services: Any, node: NodeState, model: str, timeout: float) -> str | None:
     """Pull ``model`` on ``node``; returns None on success, else the reason it failed."""
     try:
-        status, raw = await services.node_post(
-            node, "/api/pull", {"model": model, "stream": False}, timeout)
+        endpoint = node.endpoint("ollama")
+        if endpoint is None:
+            return f"node {node.node_id} reports no Ollama"
+        status, raw = await services.endpoint_post(
+            endpoint.url, "/api/pull", {"model": model, "stream": False}, timeout)
         body = json.loads(raw) if raw.strip() else None
     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"

@@ -52,7 +52,7 @@ async def probe(server_url):
 
 async def test_probe_reports_loaded_available_and_version(aiohttp_server):
     server = await aiohttp_server(fake_ollama())
-    report = (await probe(str(server.make_url("")).rstrip("/")))["ollama"]
+    report = (await probe(str(server.make_url("")).rstrip("/")))["endpoints"][0]
     assert report["healthy"] and report["version"] == "0.12.3"
     [loaded] = report["models_loaded"]
     assert loaded["name"] == "llama3.2:3b" and loaded["context_length"] == 4096
@@ -61,16 +61,16 @@ async def test_probe_reports_loaded_available_and_version(aiohttp_server):
     assert names == ["llama3.2:3b", "nomic-embed-text:latest"]  # junk entries dropped
     assert report["models_available"][1]["capabilities"] == ["embedding"]
     # the fragment is a valid heartbeat
-    hb = structure({"node_id": "n", "ollama": report}, Heartbeat)
-    assert hb.ollama.models_available[0].size_bytes == 2019393189
+    hb = structure({"node_id": "n", "endpoints": [report]}, Heartbeat)
+    assert hb.endpoints[0].models_available[0].size_bytes == 2019393189
 
 
 async def test_probe_of_a_sick_ollama_is_unhealthy_not_an_exception(aiohttp_server):
     server = await aiohttp_server(fake_ollama(broken={"/api/tags"}))
-    report = (await probe(str(server.make_url("")).rstrip("/")))["ollama"]
+    report = (await probe(str(server.make_url("")).rstrip("/")))["endpoints"][0]
     assert report["healthy"] is False
     assert report["models_available"] == []  # nothing it cannot prove
-    report = (await probe("http://127.0.0.1:9"))["ollama"]  # nothing listens on port 9
+    report = (await probe("http://127.0.0.1:9"))["endpoints"][0]  # nothing listens on port 9
     assert report["healthy"] is False and report["models_loaded"] == []
 
 
@@ -103,7 +103,7 @@ def test_fleet_version_is_the_lowest_numeric_version():
     beats = []
     for node_id, version in (("a", "0.12.3"), ("b", "0.9.10"), ("c", "garbage")):
         body = heartbeat_payload(node_id)
-        body["ollama"]["version"] = version
+        body["endpoints"][0]["version"] = version
         beats.append(body)
     assert router.fleet_version(FakeServices(*beats)) == "0.9.10"
     assert router.fleet_version(FakeServices()) == router.SPOKEN_VERSION != "0.0.0"

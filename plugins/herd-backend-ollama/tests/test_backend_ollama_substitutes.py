@@ -93,6 +93,6 @@ def test_pull_target_prefers_free_disk_among_healthy_online_nodes():
     a, b = heartbeat_payload("a"), heartbeat_payload("b")
     a["disk"]["available_gb"], b["disk"]["available_gb"] = 50, 400
     assert pull_target(nodes(a, b)).node_id == "b"
-    b["ollama"]["healthy"] = False
+    b["endpoints"][0]["healthy"] = False
     assert pull_target(nodes(a, b)).node_id == "a"
     assert pull_target([]) is None

@@ -12,7 +12,7 @@ from herd_kernel.testing import heartbeat_payload
 
 def beat(fleet, node_id, loaded=(), available=(), version="0.12.3", **extra):
     body = heartbeat_payload(node_id, loaded=loaded, available=available, **extra)
-    body["ollama"]["version"] = version
+    body["endpoints"][0]["version"] = version
     fleet.apply_heartbeat(structure(body, Heartbeat))
 
 

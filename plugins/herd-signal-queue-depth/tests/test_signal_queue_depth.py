@@ -7,10 +7,10 @@ import pytest
 from herd_kernel.api import Candidate
 from herd_kernel.models import (
     AvailableModel,
+    Endpoint,
     Heartbeat,
     LoadedModel,
     NodeState,
-    OllamaReport,
 )
 from herd_kernel.scoring import weighted_totals
 from herd_kernel.testing import load_signal, make_config, make_host, scoring_context
@@ -18,9 +18,12 @@ from herd_kernel.testing import load_signal, make_config, make_host, scoring_con
 
 def cand(node="n", *, in_flight=0, pending=0, node_in_flight=None, num_parallel=0, loaded=False,
          unloaded_ago=None, ollama=True):
-    report = OllamaReport(url="http://127.0.0.1:11434", num_parallel=num_parallel) if ollama else None
+    report = Endpoint(kind="ollama", url="http://127.0.0.1:11434", num_parallel=num_parallel) \
+        if ollama else None
+    endpoints = (report,) if report is not None else ()
     return Candidate(
-        node=NodeState(node_id=node, heartbeat=Heartbeat(node_id=node, ollama=report)),
+        node=NodeState(node_id=node, heartbeat=Heartbeat(node_id=node, endpoints=endpoints),
+                       endpoints=endpoints, serving={"m:latest": e for e in endpoints}),
         model="m:latest",
         loaded=LoadedModel(name="m") if loaded else None,
         available=AvailableModel(name="m"),

@@ -8,19 +8,21 @@ from herd_kernel.api import Candidate
 from herd_kernel.latency import LatencyHistory
 from herd_kernel.models import (
     AvailableModel,
+    Endpoint,
     Heartbeat,
     LoadedModel,
     NodeState,
-    OllamaReport,
 )
 from herd_kernel.scoring import weighted_totals
 from herd_kernel.testing import load_signal, make_config, make_host, scoring_context
 
 
 def cand(node="n", *, in_flight=0, pending=0, num_parallel=0, loaded=False, unloaded_ago=None):
-    report = OllamaReport(url="http://127.0.0.1:11434", num_parallel=num_parallel)
+    report = Endpoint(kind="ollama", url="http://127.0.0.1:11434", num_parallel=num_parallel)
+    endpoints = (report,)
     return Candidate(
-        node=NodeState(node_id=node, heartbeat=Heartbeat(node_id=node, ollama=report)),
+        node=NodeState(node_id=node, heartbeat=Heartbeat(node_id=node, endpoints=endpoints),
+                       endpoints=endpoints, serving={"m:latest": e for e in endpoints}),
         model="m:latest",
         loaded=LoadedModel(name="m") if loaded else None,
         available=AvailableModel(name="m"),
