@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from attrs import field, frozen
 
-from herd_kernel.models import AvailableModel, LoadedModel, NodeState, RouteRequest
+from herd_kernel.models import AvailableModel, Endpoint, LoadedModel, NodeState, RouteRequest
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -105,6 +105,10 @@ class RouteDef:
     path: str
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     name: str | None = None
+    #: a client API route that other backends may serve too (each can run alone): when several
+    #: offer it, the highest ``priority`` serves it, and it reaches every backend's engines
+    shared: bool = False
+    priority: int = 0
 
 
 @frozen(kw_only=True)
@@ -117,13 +121,39 @@ class NodeContext:
     budget: float = 4.0  # seconds a read may take before the agent cancels it
 
 
+class Engine(Protocol):
+    """Drives one kind of endpoint (``Endpoint.kind``): what a routed request becomes on its way
+    to an engine of that kind. A backend offers one as ``Backend.engine``; whichever backend's
+    route parsed the request, the kernel asks the engine of the chosen endpoint."""
+
+    kind: str
+
+    def refuses(self, route: RouteRequest) -> str | None:
+        """Why no endpoint of this kind can serve ``route`` (e.g. an API it does not speak), or
+        None. Called for every candidate node: keep it a lookup."""
+        ...
+
+    def outbound(self, route: RouteRequest, raw: bytes, body: dict[str, Any],
+                 decision: Any) -> Any:
+        """The ``herd_kernel.pipeline.Outbound`` for the chosen endpoint (``decision.endpoint``):
+        the bytes, the upstream path, the engine's dialect and a translator when it differs
+        from the client's. May raise ``UpstreamFailed`` to move on to the next-best node."""
+        ...
+
+    async def warm(self, endpoint: Endpoint, model: str) -> str | None:
+        """Load ``model`` there ahead of demand (pre-warming); the error, or None."""
+        ...
+
+
 class Backend(Protocol):
-    """Serves one family of traffic (Ollama, image generation, speech...).
+    """Serves one family of traffic (Ollama, OpenAI-compatible engines, image generation,
+    speech...).
 
     Router side, ``routes(services)`` returns the HTTP routes it owns; handlers use ``services``
-    (a ``herd_kernel.app.Services``) to score, dispatch and trace. Node side, ``probe(ctx)``
-    returns a heartbeat fragment, e.g. ``{"ollama": {...}}``; it runs once per heartbeat and must
-    not block the event loop.
+    (a ``herd_kernel.app.Services``) to score, dispatch and trace; ``engine`` (optional) drives the
+    endpoints of one kind. Node side, ``probe(ctx)`` returns a heartbeat fragment, normally
+    ``{"endpoints": [{"kind": ..., "url": ..., "models_available": [...], ...}]}``; it runs once
+    per heartbeat and must not block the event loop.
     """
 
     name: str

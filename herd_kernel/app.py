@@ -28,6 +28,7 @@ from herd_kernel.admission import (
     admin_problem,
     fingerprint,
 )
+from herd_kernel.api import RouteDef
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, NodeConflict, PendingNode
 from herd_kernel.latency import WINDOW, LatencyHistory
@@ -595,16 +596,18 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
     app.router.add_post(f"{nodes}/remove", admin_route(remove_handler, write=True))
     app.router.add_post("/fleet/enroll", admin_route(enroll_handler, write=True))
     app.router.add_get("/fleet/hello", hello_handler)
-    claimed: dict[tuple[str, str], str] = {}
+    claimed: dict[tuple[str, str], tuple[str, RouteDef]] = {}
     for backend in services.backends:
         for route in backend.routes(services):
             key = (route.method.upper(), route.path)
-            if key in claimed:
-                raise RuntimeError(
-                    f"{route.method} {route.path} claimed by backends {claimed[key]!r} and {backend.name!r}"
-                )
-            claimed[key] = backend.name
-            app.router.add_route(route.method, route.path, route.handler, name=route.name)
+            held = claimed.get(key)
+            if held is not None and not (route.shared and held[1].shared):
+                raise RuntimeError(f"{route.method} {route.path} claimed by backends "
+                                   f"{held[0]!r} and {backend.name!r}")
+            if held is None or route.priority > held[1].priority:
+                claimed[key] = (backend.name, route)
+    for _name, route in claimed.values():
+        app.router.add_route(route.method, route.path, route.handler, name=route.name)
     app.cleanup_ctx.append(_lifecycle)
     app.on_startup.append(lambda app: app[SERVICES].admission.open())
     return app

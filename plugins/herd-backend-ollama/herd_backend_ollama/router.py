@@ -19,6 +19,7 @@ from typing import Any
 import attrs
 from aiohttp import web
 
+from herd_api_formats.requests import FRONTS, Front, estimate_tokens, quoted_not_found
 from herd_backend_ollama import engine, keepalive, substitutes
 from herd_backend_ollama.engine import parse_version as _parse_version
 from herd_backend_ollama.shaping import Shaper
@@ -38,42 +39,26 @@ from herd_kernel.wire import (
 _EPOCH = "1970-01-01T00:00:00Z"
 
 
-def _quoted_not_found(model: str) -> str:
-    return f"model '{model}' not found"
-
-
-def _embed_not_found(model: str) -> str:
-    return f'model "{model}" not found, try pulling it first'
+_quoted_not_found = quoted_not_found
 
 
 class InferenceRoute:
     """A POST route that is routed to one node: chat, generate, embeddings."""
 
     def __init__(
-        self,
-        services: Any,
-        path: str,
-        api: Api,
-        *,
-        stream_default: bool,
-        not_found: Callable[[str], str],
-        shaper: Shaper,
-        keep_alive: keepalive.KeepAlive,
-        empty_model_status: int = 400,
+        self, services: Any, front: Front, *, shaper: Shaper, keep_alive: keepalive.KeepAlive,
     ) -> None:
         self.services = services
         self.shaper = shaper
         self.keep_alive = keep_alive
-        self.path = path
-        self.api = api
-        self.stream_default = stream_default
-        self.not_found = not_found
-        self.empty_model_status = empty_model_status
-        self.relayed_as_is = path in engine.SINCE  # Responses and Messages: never shaped
+        self.front = front
+        self.path = front.path
+        self.api = front.api
+        self.not_found = front.not_found
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw, body = await self.services.read_json(request)  # BadRequest: the middleware answers
-        route = self.parse(request, body)
+        route = self.front.parse(request, body)
         request[REQUEST_ID] = route.request_id
         keep_alive = keepalive.keep_alive_seconds(body.get("keep_alive")) \
             if self.api == "ollama" else None
@@ -158,119 +143,6 @@ class InferenceRoute:
         fleet.add_available(node.node_id, AvailableModel(name=route.model), "ollama")
         headers["X-Fleet-Auto-Pull"] = node.node_id
         return None
-
-    def parse(self, request: web.Request, body: dict[str, Any]) -> RouteRequest:
-        model = body.get("model")
-        if model is None or model == "":
-            if self.empty_model_status == 404:
-                raise BadRequest(self.not_found(""), 404)
-            raise BadRequest("model is required")
-        if not isinstance(model, str):
-            raise BadRequest(f"invalid value for 'model': expected a string, got {_kind(model)}")
-        stream = body.get("stream", self.stream_default)
-        if stream is None:
-            stream = self.stream_default
-        if not isinstance(stream, bool):
-            raise BadRequest(f"invalid value for 'stream': expected a boolean, got {_kind(stream)}")
-        options = body.get("options")
-        num_ctx = None
-        if options is not None:
-            if not isinstance(options, dict):
-                raise BadRequest(f"invalid value for 'options': expected an object, got {_kind(options)}")
-            num_ctx = _option_int(options, "num_ctx")
-        num_predict = _option_int(options, "num_predict") if isinstance(options, dict) else None
-        if self.api == "openai":
-            key = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-            num_predict = _option_int(body, key, f"invalid value for '{key}'")
-        if self.relayed_as_is:
-            num_predict = None  # Responses and Messages bodies are relayed as they are, unshaped
-        fallbacks = body.get("fallback_models", ())
-        if fallbacks is None:
-            fallbacks = ()
-        if not isinstance(fallbacks, list | tuple) or not all(
-            isinstance(m, str) and m for m in fallbacks
-        ):
-            raise BadRequest("invalid value for 'fallback_models': expected a list of model names")
-        return RouteRequest(
-            model=model,
-            api=self.api,
-            path=self.path,
-            stream=stream,
-            num_ctx=num_ctx,
-            num_predict=num_predict,
-            estimated_tokens=estimate_tokens(body),
-            fallback_models=tuple(fallbacks),
-            tags=request_tags(request, body),
-            request_id=client_request_id(request) or new_request_id(),
-        )
-
-
-_INT32 = 2**31
-
-
-def _option_int(where: dict[str, Any], key: str, problem: str | None = None) -> int | None:
-    """An integer option as Ollama reads it (a JSON number, truncated), or None when absent.
-    Booleans, strings and numbers outside a 32-bit int are a 400, never arithmetic on garbage."""
-    value = where.get(key)
-    if value is None:
-        return None
-    problem = problem or f'option "{key}" must be of type integer'
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise BadRequest(problem)
-    if not -_INT32 <= value < _INT32:
-        raise BadRequest(f"{problem}: {value:.6g} is out of range")
-    return int(value)
-
-
-CHARS_PER_TOKEN = 4  # the usual rule of thumb for English text with BPE tokenizers
-TOKENS_PER_MESSAGE = 4  # role markers and separators added by chat templates
-TOKENS_PER_IMAGE = 768  # a typical vision encoder's share of the context for one image
-
-
-def estimate_tokens(body: dict[str, Any]) -> int:
-    """A cheap prompt-size estimate (no tokenizer): characters / 4 plus template and image costs.
-
-    Linear in the body, which was parsed anyway; used to judge context fit, never billed.
-    """
-    chars = 0
-    images = 0
-    tokens = 0
-    for key in ("prompt", "system", "suffix", "input"):
-        value = body.get(key)
-        if isinstance(value, str):
-            chars += len(value)
-        elif isinstance(value, list):
-            chars += sum(len(v) for v in value if isinstance(v, str))
-    if isinstance(body.get("images"), list):
-        images += len(body["images"])
-    messages = body.get("messages")
-    if isinstance(messages, list):
-        for message in messages:
-            if not isinstance(message, dict):
-                continue
-            tokens += TOKENS_PER_MESSAGE
-            content = message.get("content")
-            if isinstance(content, str):
-                chars += len(content)
-            elif isinstance(content, list):  # OpenAI content parts
-                for part in content:
-                    if isinstance(part, dict):
-                        if isinstance(part.get("text"), str):
-                            chars += len(part["text"])
-                        elif part.get("type") in ("image_url", "input_audio"):
-                            images += 1
-            if isinstance(message.get("images"), list):
-                images += len(message["images"])
-    tools = body.get("tools")
-    if isinstance(tools, list):
-        chars += len(json.dumps(tools))
-    return tokens + chars // CHARS_PER_TOKEN + images * TOKENS_PER_IMAGE
-
-
-def _kind(value: Any) -> str:
-    if value is None:
-        return "null"
-    return {bool: "boolean", str: "string", list: "array", dict: "object"}.get(type(value), "number")
 
 
 # --- listings -----------------------------------------------------------------------------------
@@ -568,23 +440,10 @@ def routes(services: Any, ollama: engine.OllamaEngine) -> list[RouteDef]:
     ollama.bind(services, shaper)
     keep_alive = keepalive.KeepAlive(services)
 
-    def infer(path: str, api: Api, stream_default: bool, not_found=_quoted_not_found, **kw: Any):
-        return InferenceRoute(services, path, api, stream_default=stream_default,
-                              not_found=not_found, shaper=shaper, keep_alive=keep_alive, **kw)
-
-    inference = [
-        infer("/api/chat", "ollama", True),
-        infer("/api/generate", "ollama", True, empty_model_status=404),
-        infer("/api/embed", "ollama", False, _embed_not_found),
-        infer("/api/embeddings", "ollama", False, _embed_not_found),
-        infer("/v1/chat/completions", "openai", False),
-        infer("/v1/completions", "openai", False),
-        infer("/v1/embeddings", "openai", False, _embed_not_found),
-        # added by Ollama 0.13.3 (ollama/ollama#13351) and 0.14.0 (#13600); both stream SSE
-        infer("/v1/responses", "openai", False),
-        infer("/v1/messages", "anthropic", False),
-    ]
-    defs = [RouteDef(method="POST", path=r.path, handler=r.handle) for r in inference]
+    inference = [InferenceRoute(services, front, shaper=shaper, keep_alive=keep_alive)
+                 for front in FRONTS.values()]
+    defs = [RouteDef(method="POST", path=r.path, handler=r.handle, shared=True, priority=10)
+            for r in inference]
     for path, handler in (
         ("/", listing.root),
         ("/api/version", listing.version),
