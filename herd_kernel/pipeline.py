@@ -41,8 +41,9 @@ class Translator(Protocol):
 
     content_type: str  # of the translated answer
 
-    def frame(self, frame: bytes) -> bytes:
-        """One whole frame of the engine's stream -> what the client gets for it (maybe b"")."""
+    def frame(self, frames: bytes) -> bytes:
+        """Whole frames of the engine's stream (one or more, as they arrived) -> what the client
+        gets for them (maybe b"")."""
         ...
 
     def end(self) -> bytes:
@@ -422,6 +423,10 @@ class Pipeline:
         elif decision.kind == "unknown_model":  # also: every node that had it has lost it
             message = not_found(route.model)
             status = 404
+        elif decision.kind == "refused":  # as Ollama's "... does not support ..." answers
+            reasons = "; ".join(f"{n}: {r}" for n, r in sorted(decision.eliminated.items()))
+            message = f"model '{route.model}' cannot serve {route.path} here ({reasons})"
+            status = 400
         else:
             reasons = ", ".join(f"{n}: {r}" for n, r in sorted(decision.eliminated.items()))
             message = f"no node can serve model '{route.model}' right now ({reasons})"

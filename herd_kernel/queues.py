@@ -223,8 +223,10 @@ class QueueManager:
             lane.limit = self.limit_for(decision.node, lane)
             if not lane.waiting and lane.in_flight < lane.limit:
                 return decision, self._grant(lane, 0.0)
-        elif decision.kind == "unknown_model" or set(decision.eliminated) <= set(exclude):
-            return decision  # unknown, or every holder already failed this request: no wait helps
+        elif decision.kind != "unavailable" or set(decision.eliminated) <= set(exclude):
+            # unknown, refused by every engine that has it, or every holder already failed this
+            # request: no wait helps
+            return decision
         elif self.holding_timeout <= 0:
             return decision  # no holding queue: 503 at once while no node can serve the model
 
@@ -312,7 +314,8 @@ class QueueManager:
         """Put a ticket where ``decision`` says: a slot now, a lane's line, or the holding queue."""
         ticket.decision = decision
         if isinstance(decision, NoRoute):
-            if decision.kind == "unknown_model":  # the model left the fleet while it waited
+            if decision.kind != "unavailable":  # the model left the fleet while it waited, or
+                # only engines that cannot take this request have it now
                 self._unhold(ticket)
                 self._resolve(ticket, decision)
             else:

@@ -44,7 +44,9 @@ class Decision:
 
 @frozen(kw_only=True)
 class NoRoute:
-    kind: Literal["unknown_model", "unavailable"]
+    # "refused": every node that lists the model serves it through an engine that cannot take
+    # this request (waiting would not help)
+    kind: Literal["unknown_model", "unavailable", "refused"]
     model: str
     eliminated: dict[str, str] = field(factory=dict)
 
@@ -132,6 +134,7 @@ class Scorer:
         cold: list[NodeState] = []
         eliminated: dict[str, str] = {}
         known = False
+        refused = 0
         for node in nodes:
             if key in node.loaded:
                 group = hot
@@ -152,10 +155,13 @@ class Scorer:
                     else self.refuses(request, endpoint)
                 if reason is not None:
                     eliminated[node.node_id] = reason
+                    refused += 1
                     continue
             group.append(node)
         if not hot and not cold:
             kind = "unavailable" if known else "unknown_model"
+            if known and refused == len(eliminated):
+                kind = "refused"
             return NoRoute(kind=kind, model=model, eliminated=eliminated)
         eligible = hot + cold
         if len(eligible) > self.shortlist:
