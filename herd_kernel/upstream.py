@@ -151,8 +151,8 @@ class Response:
         return UpstreamError(f"bad response body: {reason}")
 
     def on_message_begin(self) -> None:
-        if self._complete:  # a second answer nobody asked for
-            self.keep_alive = False
+        if self._complete:  # a second answer nobody asked for: stop parsing (see _feed)
+            raise UpstreamError("bytes after the answer")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._head_done:
