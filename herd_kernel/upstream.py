@@ -2,8 +2,11 @@
 
 aiohttp's client spends about 0.2 ms of CPU on each request before a byte moves (a request
 object, payload wrappers, trace hooks, timers re-armed per chunk); this one writes the request in
-one call and decodes ``Content-Length`` or chunked bodies as bytes arrive. Everything else the
-router sends to nodes (pre-warm, pulls) still goes through aiohttp.
+one call and hands the answer's bytes, as they arrive, to httptools' response parser (llhttp, the
+parser uvloop and uvicorn use) for the framing: status line, headers, interim 1xx answers,
+``Content-Length``, chunked (extensions, trailers) or read-to-close bodies. What llhttp rejects
+fails the attempt as ``UpstreamError``. Everything else the router sends to nodes (pre-warm,
+pulls) still goes through aiohttp.
 
 Connections are kept alive and pooled per node address; one the node closed while it sat idle
 leaves the pool at once. A request is never sent twice: when a reused connection drops after the
@@ -23,6 +26,8 @@ import ssl
 import time
 from collections.abc import Mapping
 from urllib.parse import urlsplit
+
+import httptools
 
 _IDLE_S = 60.0  # an idle pooled connection older than this is closed, not reused
 _MAX_HEAD = 64 * 1024
@@ -83,12 +88,15 @@ class Response:
     def __init__(self, conn: _Connection, read_timeout: float) -> None:
         self._conn = conn
         self._timeout = read_timeout
-        self._buffer = bytearray()  # raw bytes not parsed yet
+        # llhttp calls the on_* methods below as it frames the bytes; the parser and this object
+        # point at each other, so ``release`` and ``_lost`` drop the parser to break the cycle
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
+        self._head_size = 0  # the head's header lines so far (interim heads too)
+        self._unframed = 0  # bytes fed since the parser last produced body bytes
         self._body: collections.deque[bytes] = collections.deque()  # decoded body, not yet read
         self._head_done = False
-        self._framing = ""  # "length", "chunked" or "close"
-        self._remaining = 0  # bytes left of the body (length) or of the current chunk (chunked)
-        self._chunk_state = "size"  # chunked: "size", "data", "crlf", "trailers"
+        self._length: int | None = None  # the declared Content-Length
+        self._until_close = False  # no length, not chunked: the body ends with the connection
         self._complete = False
         self._error: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -101,15 +109,31 @@ class Response:
     # --- fed by the protocol -----------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
-        self._buffer += data
+        parser = self._parser
+        if parser is None:
+            return
+        buffered = self._buffered
         try:
-            if not self._head_done:
-                self._parse_head()
-            if self._head_done and not self._complete:
-                self._parse_body()
-        except UpstreamError as exc:
-            self._error = exc
-            self._conn.close()
+            parser.feed_data(data)
+        except Exception as exc:  # llhttp's errors, an upgrade, or one raised by a callback below
+            if self._complete:
+                # bytes after the answer (or after "Connection: close"): the answer stands, the
+                # connection is unusable
+                self.keep_alive = False
+            else:
+                self._error = self._failure(exc)
+                self._conn.close()
+        else:
+            # llhttp stores a header or trailer line whole before handing it over and sets no
+            # limit: bytes that bring no body (a head, trailers) are capped here
+            if self._buffered != buffered or self._complete:
+                self._unframed = 0
+            else:
+                self._unframed += len(data)
+                if self._unframed > _MAX_HEAD:
+                    part = "trailers" if self._head_done else "head"
+                    self._error = UpstreamError(f"response {part} too large")
+                    self._conn.close()
         if self._buffered > _HIGH_WATER and not self._paused:
             transport = self._conn.transport
             if transport is not None and not transport.is_closing():
@@ -117,18 +141,63 @@ class Response:
                 self._paused = True
         self._wake()
 
+    def _failure(self, exc: Exception) -> UpstreamError:
+        cause = exc.__context__
+        if isinstance(cause, UpstreamError):
+            return cause
+        reason = str(exc) or type(exc).__name__
+        if not self._head_done:
+            return UpstreamError(f"not an HTTP response: {reason}")
+        return UpstreamError(f"bad response body: {reason}")
+
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second answer nobody asked for: stop parsing (see _feed)
+            raise UpstreamError("bytes after the answer")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._head_done:
+            return  # a chunked body's trailers: nothing the router reads
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > _MAX_HEAD:  # a whole head in one read, past the cap above
+            raise UpstreamError("response head too large")
+        self.headers[name.decode("latin-1").lower()] = value.decode("latin-1").strip()
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        assert parser is not None
+        status = parser.get_status_code()
+        if status == 101:  # we never ask for an upgrade
+            raise UpstreamError("node switched protocols (HTTP 101)")
+        if 100 <= status < 200:  # an interim answer: the real head follows
+            self.headers = {}
+            return
+        self.status = status
+        self._head_done = True
+        self.keep_alive = parser.should_keep_alive()
+        headers = self.headers
+        if "content-length" in headers:
+            self._length = int(headers["content-length"])  # llhttp checked it is digits
+        else:
+            coding = headers.get("transfer-encoding", "").rsplit(",", 1)[-1]
+            self._until_close = coding.strip().lower() != "chunked" and status not in (204, 304)
+
+    def on_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self._buffered += len(data)
+
+    def on_message_complete(self) -> None:
+        if self._head_done:  # not the end of an interim answer
+            self._complete = True
+
     def _resume(self) -> None:
         self._paused = False
         transport = self._conn.transport
         if transport is not None and not transport.is_closing():
             transport.resume_reading()
 
-    def _take(self, data: bytes | bytearray) -> None:
-        self._body.append(bytes(data))
-        self._buffered += len(data)
-
     def _lost(self, exc: Exception | None) -> None:
-        if self._head_done and self._framing == "close" and not self._complete:
+        self._parser = None
+        if self._head_done and self._until_close and not self._complete:
             self._complete = True  # the body ran to the end of the connection
         elif not self._complete and self._error is None:
             reason = f": {exc}" if exc else ""
@@ -139,101 +208,6 @@ class Response:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
-
-    def _parse_head(self) -> None:
-        end = self._buffer.find(b"\r\n\r\n")
-        if end < 0:
-            if len(self._buffer) > _MAX_HEAD:
-                raise UpstreamError("response head too large")
-            return
-        lines = bytes(self._buffer[:end]).decode("latin-1").split("\r\n")
-        del self._buffer[: end + 4]
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-            raise UpstreamError(f"not an HTTP response: {lines[0][:80]!r}")
-        status = int(parts[1])
-        headers: dict[str, str] = {}
-        for line in lines[1:]:
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-        if 100 <= status < 200:  # an interim answer: the real head follows
-            self._parse_head()
-            return
-        self.status = status
-        self.headers = headers
-        self._head_done = True
-        connection = headers.get("connection", "").lower()
-        self.keep_alive = parts[0] == "HTTP/1.1" and "close" not in connection
-        if "chunked" in headers.get("transfer-encoding", "").lower():
-            self._framing = "chunked"
-        elif "content-length" in headers:
-            try:
-                self._remaining = int(headers["content-length"])
-            except ValueError:
-                raise UpstreamError("bad Content-Length") from None
-            self._framing = "length"
-            if self._remaining == 0:
-                self._complete = True
-        elif status in (204, 304):
-            self._framing = "length"
-            self._complete = True
-        else:
-            self._framing = "close"
-            self.keep_alive = False
-
-    def _parse_body(self) -> None:
-        buffer = self._buffer
-        if self._framing == "length":
-            take = min(len(buffer), self._remaining)
-            if take:
-                self._take(buffer[:take])
-                del buffer[:take]
-                self._remaining -= take
-            if self._remaining == 0:
-                self._complete = True
-            return
-        if self._framing == "close":
-            if buffer:
-                self._take(buffer)
-                buffer.clear()
-            return
-        while buffer:  # chunked
-            if self._chunk_state == "size":
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    if len(buffer) > 1024:
-                        raise UpstreamError("bad chunk size line")
-                    return
-                size_text = bytes(buffer[:end]).split(b";", 1)[0].strip()
-                del buffer[: end + 2]
-                try:
-                    self._remaining = int(size_text, 16)
-                except ValueError:
-                    raise UpstreamError("bad chunk size") from None
-                self._chunk_state = "data" if self._remaining else "trailers"
-            elif self._chunk_state == "data":
-                take = min(len(buffer), self._remaining)
-                self._take(buffer[:take])
-                del buffer[:take]
-                self._remaining -= take
-                if self._remaining == 0:
-                    self._chunk_state = "crlf"
-            elif self._chunk_state == "crlf":
-                if len(buffer) < 2:
-                    return
-                if buffer[:2] != b"\r\n":
-                    raise UpstreamError("chunk not followed by CRLF")
-                del buffer[:2]
-                self._chunk_state = "size"
-            else:  # trailers: lines until an empty one
-                end = buffer.find(b"\r\n")
-                if end < 0:
-                    return
-                del buffer[: end + 2]
-                if end == 0:
-                    self._complete = True
-                    return
 
     # --- read by the pipeline ----------------------------------------------------------------
 
@@ -274,11 +248,10 @@ class Response:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The whole body; ``AnswerTooLarge`` (and the connection closed) past ``limit`` bytes."""
-        if limit is not None and self._framing == "length":
-            declared = int(self.headers.get("content-length") or 0)
-            if declared > limit:
-                self._conn.close()
-                raise AnswerTooLarge(f"the answer is {declared} bytes (limit {limit})")
+        declared = self._length
+        if limit is not None and declared is not None and declared > limit:
+            self._conn.close()
+            raise AnswerTooLarge(f"the answer is {declared} bytes (limit {limit})")
         parts = []
         size = 0
         while chunk := await self.readany():
@@ -295,7 +268,8 @@ class Response:
         if conn.response is not self:
             return
         conn.response = None
-        if self._complete and self.keep_alive and not self._buffer and not conn.closed:
+        self._parser = None
+        if self._complete and self.keep_alive and not conn.closed:
             if self._paused:
                 self._resume()
             conn.pool._put(conn)
