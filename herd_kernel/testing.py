@@ -202,3 +202,71 @@ async def herd_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[An
     for agent, _task in running:
         agent.stop()
     await asyncio.gather(*(task for _, task in running), return_exceptions=True)
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[str]:
+    """A real llama.cpp engine (llama-cpp-python's OpenAI server) serving SmolLM2 as ``smollm2``.
+
+    Yields its base URL (``http://127.0.0.1:PORT``; the API is under ``/v1``). One server for
+    the session, in its own process group, stopped at the end. Needs ``HERD_LLAMA_PYTHON`` and
+    ``HERD_TEST_GGUF`` (README, "Tests with a real engine"); without them the test is skipped,
+    or fails when ``HERD_REQUIRE_REAL_ENGINE=1`` (CI), so CI never passes by skipping.
+    """
+    import os
+    import signal
+    import socket
+    import subprocess
+    import urllib.request
+
+    python, gguf = os.environ.get("HERD_LLAMA_PYTHON"), os.environ.get("HERD_TEST_GGUF")
+    if not (python and gguf):
+        why = (
+            "no real engine: set HERD_LLAMA_PYTHON and HERD_TEST_GGUF "
+            "(README.md, 'Tests with a real engine', says how to build one)"
+        )
+        if os.environ.get("HERD_REQUIRE_REAL_ENGINE") == "1":
+            pytest.fail(f"{why}; HERD_REQUIRE_REAL_ENGINE=1 forbids skipping", pytrace=False)
+        pytest.skip(why)
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    # a file, not a pipe: the server logs every request and a full pipe would block it
+    log_path = tmp_path_factory.mktemp("llama-server") / "server.log"
+    command = [python, "-m", "llama_cpp.server", "--model", gguf, "--model_alias", "smollm2",
+               "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def log_tail() -> str:
+        return log_path.read_bytes()[-3000:].decode(errors="replace")
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                why = f"llama server exited ({proc.returncode})"
+                pytest.fail(f"{why}:\n{log_tail()}", pytrace=False)
+            try:
+                with urllib.request.urlopen(f"{url}/v1/models", timeout=1):
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"llama server not ready within 60 s:\n{log_tail()}", pytrace=False)
+            time.sleep(0.1)
+        yield url
+    finally:  # by process group, so nothing the server started outlives the session
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=10)
+        except ProcessLookupError:
+            proc.wait()
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
