@@ -153,7 +153,7 @@ def _guess_engine(models: Any, server: str) -> str:
         engine = _OWNED_BY.get(entry.get("owned_by"))  # type: ignore[arg-type]
         if engine:
             return engine
-        if "max_model_len" in entry:
+        if _count(entry.get("max_model_len")):
             return "vllm"
         if isinstance(entry.get("meta"), dict):
             return "llama.cpp"
