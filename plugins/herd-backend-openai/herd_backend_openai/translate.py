@@ -39,6 +39,7 @@ _CONSUMED = {
     EMBED: {"model", "input", "dimensions"},
     EMBEDDINGS: {"model", "prompt"},
 }
+_INT_OPTIONS = {"top_k", "seed", "num_predict"}
 _MAX_COUNT = 2**53  # a token count or duration past this is garbage, not a measurement
 
 
@@ -58,7 +59,8 @@ def to_openai(
     expressed (``"keep_alive"``, ``"options.num_ctx"``...), for the caller to announce."""
     if not isinstance(body, Mapping):
         raise TranslationError("request body must be a JSON object")
-    dropped = [key for key in body if key not in _CONSUMED.get(path, ())]
+    dropped = [key for key, value in body.items()
+               if key not in _CONSUMED.get(path, ()) and value is not None]
     if path == CHAT:
         messages = body.get("messages")
         if messages is None:
@@ -205,21 +207,39 @@ def _sampling(body: Mapping[str, Any], out: dict[str, Any], dropped: list[str]) 
     if isinstance(options, Mapping):
         for key, value in options.items():
             field = _OPTIONS.get(key)
+            if value is None:
+                continue
             if field is None:
                 dropped.append(f"options.{key}")
-            elif key == "num_predict":
-                if _is_int(value) and value > 0:  # -1 (no limit) and -2 (fill the context)
-                    out[field] = value
-                elif not _is_int(value) or value == 0 or value < -2:
+                continue
+            value = _option(key, value)
+            if key == "num_predict" and value <= 0:
+                if value not in (-1, -2):  # no limit, fill the context: nothing to send
                     dropped.append("options.num_predict")
-            elif value is not None:
-                out[field] = value
+                continue
+            out[field] = value
     elif options is not None:
         raise TranslationError("options must be an object")
     stream = body.get("stream") is not False  # Ollama streams unless told not to
     out["stream"] = stream
     if stream:
         out["stream_options"] = {"include_usage": True}
+
+
+def _option(key: str, value: Any) -> Any:
+    """An option's value as Ollama would take it (numbers arrive as floats and integer options
+    are truncated), or the error Ollama gives for a wrong type."""
+    if key == "stop":
+        if isinstance(value, str):
+            return [value]
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return value
+        raise TranslationError('option "stop" must be of type array')
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if not number or not math.isfinite(value):
+        kind = "integer" if key in _INT_OPTIONS else "float"
+        raise TranslationError(f'option "{key}" must be of type {kind}')
+    return int(value) if key in _INT_OPTIONS else value
 
 
 # --- answers: OpenAI -> Ollama ------------------------------------------------------------------

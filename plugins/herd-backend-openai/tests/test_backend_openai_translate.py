@@ -116,6 +116,12 @@ def test_schema_format_not_streamed_and_no_limit():
                                        "json_schema": {"name": "response", "schema": schema}}
     assert out["stream"] is False and "stream_options" not in out
     assert "max_tokens" not in out and dropped == []  # -1 is Ollama's "no limit": nothing to say
+    # numbers arrive as floats and integer options are truncated, as Ollama does; one stop string
+    _, out, dropped = to_openai("/api/chat", {
+        "model": "m", "messages": [], "keep_alive": None,
+        "options": {"seed": 7.9, "top_k": 40.0, "stop": "END", "mirostat": 1}}, "m")
+    assert (out["seed"], out["top_k"], out["stop"]) == (7, 40, ["END"])
+    assert dropped == ["options.mirostat"]  # a null field is not worth announcing
 
 
 def test_generate_uses_chat_with_system_and_images_unless_raw_or_suffix():
@@ -163,6 +169,12 @@ def test_embed_and_embeddings():
      "images must be a list of strings"),
     ("/api/chat", {"model": "m", "messages": [], "options": [1]}, "options must be an object"),
     ("/api/generate", {"model": "m", "prompt": 5}, "prompt must be a string"),
+    ("/api/generate", {"model": "m", "options": {"temperature": "hot"}},
+     'option "temperature" must be of type float'),
+    ("/api/generate", {"model": "m", "options": {"seed": True}},
+     'option "seed" must be of type integer'),
+    ("/api/chat", {"model": "m", "messages": [], "options": {"stop": [1]}},
+     'option "stop" must be of type array'),
     ("/api/pull", {"model": "m"}, "no OpenAI-compatible route"),
     ("/api/chat", ["not", "an", "object"], "must be a JSON object"),
 ])
