@@ -52,11 +52,12 @@ class TranslationError(ValueError):
 
 
 def to_openai(
-    path: str, body: Mapping[str, Any], engine_model: str
+    path: str, body: Mapping[str, Any], engine_model: str, *, engine: str = ""
 ) -> tuple[str, dict[str, Any], list[str]]:
     """``(upstream_path, upstream_body, dropped)`` for an Ollama request to ``path``. The model is
-    ``engine_model`` (the id the engine listed). ``dropped`` names the fields that could not be
-    expressed (``"keep_alive"``, ``"options.num_ctx"``...), for the caller to announce."""
+    ``engine_model`` (the id the engine listed); ``engine`` is the probe's engine name, for the
+    one field engines spell differently (a JSON schema). ``dropped`` names the fields that could
+    not be expressed (``"keep_alive"``, ``"options.num_ctx"``...), for the caller to announce."""
     if not isinstance(body, Mapping):
         raise TranslationError("request body must be a JSON object")
     dropped = [key for key, value in body.items()
@@ -69,7 +70,7 @@ def to_openai(
             raise TranslationError("messages must be a list")
         out: dict[str, Any] = {"model": engine_model, "messages": _messages(messages, dropped)}
         _tools(body.get("tools"), out)
-        _sampling(body, out, dropped)
+        _sampling(body, out, dropped, engine)
         return "/v1/chat/completions", out, dropped
     if path == GENERATE:
         prompt = _text(body.get("prompt"), "prompt")
@@ -81,14 +82,14 @@ def to_openai(
             for key in ("system", "images"):  # raw text has no place for them
                 if body.get(key) and key not in dropped:
                     dropped.append(key)
-            _sampling(body, out, dropped)
+            _sampling(body, out, dropped, engine)
             return "/v1/completions", out, dropped
         messages = []
         if isinstance(body.get("system"), str) and body["system"]:
             messages.append({"role": "system", "content": body["system"]})
         messages.append({"role": "user", "content": prompt, "images": body.get("images")})
         out = {"model": engine_model, "messages": _messages(messages, dropped)}
-        _sampling(body, out, dropped)
+        _sampling(body, out, dropped, engine)
         return "/v1/chat/completions", out, dropped
     if path == EMBED:
         given = body.get("input")
@@ -193,11 +194,16 @@ def _tools(tools: Any, out: dict[str, Any]) -> None:
                         else t for t in tools]
 
 
-def _sampling(body: Mapping[str, Any], out: dict[str, Any], dropped: list[str]) -> None:
+def _sampling(
+    body: Mapping[str, Any], out: dict[str, Any], dropped: list[str], engine: str
+) -> None:
     """``format``, ``options`` and ``stream``, shared by chat and generate."""
     fmt = body.get("format")
     if fmt == "json":
         out["response_format"] = {"type": "json_object"}
+    elif isinstance(fmt, Mapping) and fmt and engine == "llama.cpp":
+        # llama-cpp-python refuses "json_schema" (a 500); it and llama-server take this form
+        out["response_format"] = {"type": "json_object", "schema": dict(fmt)}
     elif isinstance(fmt, Mapping) and fmt:
         out["response_format"] = {"type": "json_schema",
                                   "json_schema": {"name": "response", "schema": dict(fmt)}}

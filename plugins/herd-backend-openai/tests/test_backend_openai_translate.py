@@ -115,6 +115,8 @@ def test_schema_format_not_streamed_and_no_limit():
     assert out["response_format"] == {"type": "json_schema",
                                        "json_schema": {"name": "response", "schema": schema}}
     assert out["stream"] is False and "stream_options" not in out
+    llama = to_openai("/api/generate", {"model": "m", "format": schema}, "m", engine="llama.cpp")
+    assert llama[1]["response_format"] == {"type": "json_object", "schema": schema}
     assert "max_tokens" not in out and dropped == []  # -1 is Ollama's "no limit": nothing to say
     # numbers arrive as floats and integer options are truncated, as Ollama does; one stop string
     _, out, dropped = to_openai("/api/chat", {
