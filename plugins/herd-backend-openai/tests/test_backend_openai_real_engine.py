@@ -30,8 +30,8 @@ FIND_GGUF = ("import importlib.util, os; print(os.path.join(importlib.util.find_
 def gguf() -> str | None:
     if not PYTHON.exists():
         return None
-    found = subprocess.run([str(PYTHON), "-c", FIND_GGUF], capture_output=True, text=True,
-                           timeout=30)
+    found = subprocess.run([str(PYTHON), "-c", FIND_GGUF], check=False, capture_output=True,
+                           text=True, timeout=30)
     path = found.stdout.strip()
     return path if found.returncode == 0 and Path(path).is_file() else None
 
