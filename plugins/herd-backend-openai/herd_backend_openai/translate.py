@@ -296,13 +296,18 @@ def _finite(text: str) -> float | None:
     return number if math.isfinite(number) else None  # 1e999 reads as null, not inf
 
 
+_DECODER = json.JSONDecoder(parse_constant=_no_constant, parse_float=_finite)  # one, reused
+_ENCODER = json.JSONEncoder(ensure_ascii=False)
+
+
 def loads(data: bytes | str) -> Any:
     """The engine's JSON, or None when it is not JSON (never raises). Non-finite numbers read
     as null, so nothing translated can carry one on to a client."""
     try:
-        return json.loads(data, parse_constant=_no_constant, parse_float=_finite)
-    except (ValueError, RecursionError, TypeError):  # an int past 4300 digits is a ValueError
-        return None
+        text = data.decode() if isinstance(data, bytes | bytearray) else data
+        return _DECODER.decode(text)
+    except (ValueError, RecursionError, TypeError, AttributeError):
+        return None  # UnicodeDecodeError and an int past 4300 digits are ValueErrors
 
 
 def _error_text(error: Any) -> str:
@@ -481,7 +486,7 @@ class SseToNdjson:
 
     # each NDJSON line
     def _line(self, body: dict[str, Any]) -> bytes:
-        return json.dumps(body, ensure_ascii=False).encode() + b"\n"
+        return _ENCODER.encode(body).encode() + b"\n"
 
     def _chunk(self, content: str = "", thinking: str = "",
                calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -626,4 +631,4 @@ class SseToNdjson:
         """A non-streamed answer's bytes as the Ollama body (one JSON object, no newline)."""
         body = from_openai(self.path, loads(answer), self.model, self.started_ns,
                            clock=self.clock)
-        return json.dumps(body, ensure_ascii=False).encode()
+        return _ENCODER.encode(body).encode()
