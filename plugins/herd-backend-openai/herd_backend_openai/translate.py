@@ -40,6 +40,7 @@ _CONSUMED = {
     EMBEDDINGS: {"model", "prompt"},
 }
 _INT_OPTIONS = {"top_k", "seed", "num_predict"}
+_MAX_ERROR = 2000  # characters of an engine's error message passed on
 _MAX_COUNT = 2**53  # a token count or duration past this is garbage, not a measurement
 
 
@@ -311,14 +312,14 @@ def loads(data: bytes | str) -> Any:
 
 
 def _error_text(error: Any) -> str:
+    """The engine's error message for the client, without the Python traceback llama-cpp-python
+    appends to it (``... \n\n  File "/.../app.py", line 376, ...``), and not endless."""
     if isinstance(error, dict):
-        message = error.get("message")
-        if isinstance(message, str) and message:
-            return message
+        error = error.get("message")
+    if not isinstance(error, str) or not error.strip():
         return "the engine reported an error"
-    if isinstance(error, str) and error:
-        return error
-    return "the engine reported an error"
+    text = error.split('\n  File "', 1)[0].strip()
+    return (text or "the engine reported an error")[:_MAX_ERROR]
 
 
 def _done_reason(finish: Any) -> str:

@@ -254,6 +254,15 @@ def test_whole_error_and_non_answers():
     assert from_openai("/api/chat", {"error": {"message": "Loading model", "code": 503}}, "m",
                        0) == {"error": "Loading model"}
     assert from_openai("/api/chat", {"error": "boom"}, "m", 0) == {"error": "boom"}
+    # llama-cpp-python 0.3.36's answer to a body it refuses (recorded): no traceback passes on
+    refused = {"error": {"message": "1 validation error:\n  {'type': 'literal_error', 'loc': "
+                         "('body', 'response_format', 'type')}\n\n  File \"/venv/lib/python3.11"
+                         "/site-packages/llama_cpp/server/app.py\", line 376, in create_chat_"
+                         "completion\n    POST /v1/chat/completions",
+                         "type": "internal_server_error", "param": None, "code": None}}
+    error = from_openai("/api/chat", refused, "m", 0)["error"]
+    assert error.startswith("1 validation error") and "File" not in error and "app.py" not in error
+    assert len(from_openai("/api/chat", {"error": "x" * 10**6}, "m", 0)["error"]) == 2000
     assert "error" in from_openai("/api/chat", [1, 2], "m", 0)
     stream = SseToNdjson("/api/chat", "m", 0)
     assert strict(stream.whole(b"<html>502</html>"))["error"]
