@@ -25,7 +25,7 @@ from herd_kernel.models import Attempt, RouteRequest, Trace
 from herd_kernel.queues import Refused, Slot
 from herd_kernel.scoring import Decision, NoRoute
 from herd_kernel.upstream import AnswerTooLarge, Response
-from herd_kernel.wire import Dialect, dialect, error_response, stream_error
+from herd_kernel.wire import BadRequest, Dialect, dialect, error_response, stream_error
 
 if TYPE_CHECKING:
     from herd_kernel.app import Services
@@ -176,6 +176,12 @@ class Pipeline:
                 log.info("retrying on another node", node=node.node_id, reason=exc.reason,
                          request_id=route.request_id)
                 continue
+            except BadRequest as exc:  # the engine there cannot take this body as it is
+                node_ok = None
+                self._finish(route, started, decision, attempts, slot, status="rejected",
+                             http_status=exc.status, error_message=exc.message)
+                return error_response(route.api, exc.status, exc.message,
+                                      headers={"X-Request-Id": route.request_id})
             except Exception:
                 log.exception("request failed in the router", request_id=route.request_id,
                               node=node.node_id)
@@ -334,7 +340,7 @@ class Pipeline:
                 try:
                     chunk = await upstream.readany()
                 except (TimeoutError, OSError) as exc:
-                    error = f"node {decision.node.node_id} failed mid-stream: {type(exc).__name__}"
+                    error = f"node {decision.node.node_id} failed mid-stream: {type(exc).__name__}: {exc}"
                     break
                 if not chunk:
                     break

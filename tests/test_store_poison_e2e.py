@@ -9,8 +9,8 @@ import sqlite3
 import aiohttp
 import pytest
 from aiohttp import web
-
 from herd_api_formats import counts
+
 from herd_kernel.testing import heartbeat_payload
 
 MODEL = "fake:1b"

@@ -3,9 +3,9 @@ from untrusted engine JSON, and the reading of an engine's error answers."""
 
 import json
 
+import herd_api_formats
 import pytest
 
-import herd_api_formats
 from herd_kernel import wire
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import herd_api_formats
+
 from herd_backend_ollama import engine, node, router, shaping, substitutes
 from herd_kernel.api import NodeContext, RouteDef
 from herd_kernel.config import Config

@@ -12,28 +12,24 @@ from __future__ import annotations
 import collections
 import json
 import re
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
 import attrs
 from aiohttp import web
+from herd_api_formats.requests import FRONTS, Front, quoted_not_found
 
-from herd_api_formats.requests import FRONTS, Front, estimate_tokens, quoted_not_found
 from herd_backend_ollama import engine, keepalive, substitutes
 from herd_backend_ollama.engine import parse_version as _parse_version
 from herd_backend_ollama.shaping import Shaper
 from herd_kernel import __version__
 from herd_kernel.api import RouteDef
 from herd_kernel.models import AvailableModel, RouteRequest, normalize_model
-from herd_kernel.pipeline import Outbound, UpstreamFailed, new_request_id
+from herd_kernel.pipeline import Outbound
 from herd_kernel.wire import (
     REQUEST_ID,
-    Api,
     BadRequest,
-    client_request_id,
     error_response,
-    request_tags,
 )
 
 _EPOCH = "1970-01-01T00:00:00Z"
@@ -449,12 +445,14 @@ def routes(services: Any, ollama: engine.OllamaEngine) -> list[RouteDef]:
         ("/api/version", listing.version),
         ("/api/tags", listing.tags),
     ):
-        defs.append(RouteDef(method="GET", path=path, handler=handler))
-        defs.append(RouteDef(method="HEAD", path=path, handler=handler))
+        defs.append(RouteDef(method="GET", path=path, handler=handler, shared=True, priority=10))
+        defs.append(RouteDef(method="HEAD", path=path, handler=handler, shared=True, priority=10))
     defs += [
-        RouteDef(method="GET", path="/api/ps", handler=listing.ps),
+        RouteDef(method="GET", path="/api/ps", handler=listing.ps, shared=True, priority=10),
         RouteDef(method="POST", path="/api/show", handler=listing.show),
-        RouteDef(method="GET", path="/v1/models", handler=listing.v1_models),
-        RouteDef(method="GET", path="/v1/models/{model:.+}", handler=listing.v1_model),
+        RouteDef(method="GET", path="/v1/models", handler=listing.v1_models, shared=True,
+                 priority=10),
+        RouteDef(method="GET", path="/v1/models/{model:.+}", handler=listing.v1_model,
+                 shared=True, priority=10),
     ]
     return defs

@@ -88,6 +88,10 @@ class ProbeState:
     def __init__(self) -> None:
         self.identity: dict[str, tuple[tuple[str, ...], dict[str, Any]]] = {}
         self.healthy: dict[str, bool] = {}
+        # engines that stop a running stream when any request needing their model arrives
+        # (llama-cpp-python's server, ``interrupt_requests`` on by default, takes its model lock
+        # even for /v1/models): their model list, asked once while they stay up
+        self.quiet: dict[str, _Answer] = {}
 
     def note(self, url: str, healthy: bool, configured: bool) -> None:
         before = self.healthy.get(url)
@@ -227,15 +231,32 @@ def _models(models: _Answer | None, info: dict[str, Any], lms: _Answer | None,
     return available, loaded
 
 
+def _interrupts(models: _Answer) -> bool:
+    """llama-cpp-python's server (models ``owned_by: "me"``): a request for its model list would
+    end whatever it is streaming."""
+    return any(m.get("owned_by") == "me" for m in _model_entries(models.body))
+
+
 async def _endpoint(http: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout,
                     state: ProbeState, configured: bool) -> dict[str, Any] | None:
-    models, health = await asyncio.gather(_get(http, f"{url}/v1/models", timeout),
-                                          _get(http, f"{url}/health", timeout))
+    cached = state.quiet.get(url)
+    if cached is not None:
+        # only a route outside its model lock (its /health is a plain 404): any answer means it
+        # is up and serves the models it listed; none means it is down, and is listed again
+        health = await _get(http, f"{url}/health", timeout)
+        models = cached if health is not None else None
+        if models is None:
+            del state.quiet[url]
+    else:
+        models, health = await asyncio.gather(_get(http, f"{url}/v1/models", timeout),
+                                              _get(http, f"{url}/health", timeout))
     listed = models is not None and models.status == 200 and isinstance(models.body, dict) \
         and isinstance(models.body.get("data"), list)
     if not configured and not listed:
         state.note(url, False, configured)
         return None  # a probed port without an engine is no endpoint
+    if listed and cached is None and _interrupts(models):  # type: ignore[arg-type]
+        state.quiet[url] = models  # type: ignore[assignment]
     if health is not None and health.status in (200, 503):
         healthy = health.status == 200 and listed
     else:

