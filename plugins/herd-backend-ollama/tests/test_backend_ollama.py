@@ -2,6 +2,7 @@
 
 import aiohttp
 from aiohttp import web
+from herd_api_formats.requests import estimate_tokens
 from herd_backend_ollama import node, router
 
 from herd_kernel.api import NodeContext
@@ -116,12 +117,12 @@ def test_openai_model_entries():
 
 
 def test_token_estimate_counts_text_messages_images_and_tools():
-    assert router.estimate_tokens({}) == 0
-    assert router.estimate_tokens({"prompt": "x" * 400}) == 100
+    assert estimate_tokens({}) == 0
+    assert estimate_tokens({"prompt": "x" * 400}) == 100
     chat = {"messages": [{"role": "system", "content": "a" * 40},
                          {"role": "user", "content": [{"type": "text", "text": "b" * 40},
                                                       {"type": "image_url", "image_url": "data:"}]},
                          {"role": "user", "content": "c", "images": ["i1", "i2"]}, "junk"]}
-    assert router.estimate_tokens(chat) == 3 * 4 + 81 // 4 + 3 * 768
+    assert estimate_tokens(chat) == 3 * 4 + 81 // 4 + 3 * 768
     tools = {"tools": [{"type": "function", "function": {"name": "f"}}]}
-    assert router.estimate_tokens(tools) > 0
+    assert estimate_tokens(tools) > 0
