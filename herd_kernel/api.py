@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from herd_kernel.config import Config
+    from herd_kernel.fleet import Fleet
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -145,6 +146,53 @@ class Engine(Protocol):
         ...
 
 
+class RouterAPI(Protocol):
+    """The running router as plugins see it: what ``Backend.routes``, ``herd_startup`` and
+    ``herd_shutdown`` receive there (``side == "router"``)."""
+
+    side: Literal["router"]
+    config: Config
+    fleet: Fleet  # the registry: read it; note router-side model changes with its add_/remove_
+    engines: Mapping[str, Engine]  # endpoint kind -> the engine that drives it
+    http: Any  # an aiohttp.ClientSession for the router's own calls, open while it runs
+
+    async def read_json(self, request: web.Request,
+                        max_bytes: int | None = None) -> tuple[bytes, dict[str, Any]]:
+        """The request's whole JSON body (raw bytes and parsed), or ``BadRequest``."""
+        ...
+
+    async def proxy(self, request: web.Request, route: RouteRequest,
+                    prepare: Callable[[Any], Any], *, upstream_path: str,
+                    not_found: Callable[[str], str]) -> web.StreamResponse:
+        """Score, queue, dispatch with retries, relay and trace one request; ``prepare(decision)``
+        gives the ``Outbound`` for the chosen endpoint (normally its engine's ``outbound``)."""
+        ...
+
+    def event(self, kind: str, **fields: Any) -> None:
+        """Note a routing event (a fallback, a pre-warm...) for health checks and the dashboard."""
+        ...
+
+    async def endpoint_post(self, url: str, path: str, payload: Mapping[str, Any],
+                            timeout: float) -> tuple[int, bytes]:
+        """POST a JSON command of the router's own to an engine, signed like routed requests."""
+        ...
+
+    def upstream_headers(self, path: str, body: bytes, method: str = "POST") -> dict[str, str]:
+        """The headers of a request to a node (signed when a fleet secret is set)."""
+        ...
+
+
+class NodeAPI(Protocol):
+    """The running node agent as plugins see it: what ``herd_startup`` and ``herd_shutdown``
+    receive there (``side == "node"``)."""
+
+    side: Literal["node"]
+    config: Config
+    node_id: str
+    sensors: Sequence[Sensor]
+    backends: Sequence[Backend]
+
+
 class Backend(Protocol):
     """Serves one family of traffic (Ollama, OpenAI-compatible engines, image generation,
     speech...).
@@ -159,7 +207,7 @@ class Backend(Protocol):
     name: str
     modalities: tuple[str, ...]
 
-    def routes(self, services: Any) -> Sequence[RouteDef]: ...
+    def routes(self, services: RouterAPI) -> Sequence[RouteDef]: ...
 
     async def probe(self, ctx: NodeContext) -> Mapping[str, Any]: ...
 

@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,8 @@ class Services:
         )
         self.scorer = Scorer(self.fleet, self.signals, config, self.latency, self.refuses)
         self.queues = QueueManager(self.fleet, self.scorer, config, warm=self.warm, event=self.event)
-        self.pipeline = Pipeline(self)
+        self.pipeline = Pipeline(config, self.fleet, self.scorer, self.queues, self.record,
+                                 self.upstream_headers)
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
         # routing events (context protection, fallbacks...) for health checks and the dashboard
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
@@ -102,7 +103,6 @@ class Services:
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
         self.body_timeout = float(config["FLEET_BODY_TIMEOUT"])
         self.nonces = auth.NonceCache()
-        self.draining = False  # set by ``drain``: new requests get 503, the router is stopping
         self.router_id = uuid.uuid4().hex[:12]
         self._notify_traces = host.has_impls("herd_request_finished")
         if host.has_impls("herd_node_status_changed"):
@@ -124,6 +124,21 @@ class Services:
         """Headers for a request to a node: signed with the fleet secret when there is one, so a
         node's LAN proxy can tell the router from anyone else."""
         return auth.json_headers(self.config["FLEET_SECRET"], method, path, body)
+
+    side = "router"
+
+    @property
+    def draining(self) -> bool:
+        """Set by ``drain``: new requests get 503, the router is stopping."""
+        return self.pipeline.draining
+
+    async def proxy(
+        self, request: web.Request, route: RouteRequest, prepare: Callable[[Any], Any], *,
+        upstream_path: str, not_found: Callable[[str], str],
+    ) -> web.StreamResponse:
+        """Route ``route`` and relay the chosen endpoint's answer (``Pipeline.proxy``)."""
+        return await self.pipeline.proxy(request, route, prepare, upstream_path=upstream_path,
+                                         not_found=not_found)
 
     def refuses(self, route: RouteRequest, endpoint: Endpoint) -> str | None:
         """Why ``endpoint`` cannot serve ``route`` (no engine of its kind is loaded, or the
@@ -695,7 +710,7 @@ async def drain(runner: web.AppRunner, grace: float) -> None:
     running and waiting requests ``grace`` seconds, then end what is left: streams get an
     in-stream error in their own format, waiting requests a 503."""
     services = runner.app[SERVICES]
-    services.draining = True
+    services.pipeline.draining = True
     for site in list(runner.sites):
         await site.stop()
     queues = services.queues
@@ -736,8 +751,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ),
         auto_decompress=True,
     )
-    services.upstream = Upstream(connect_timeout=config["FLEET_CONNECT_TIMEOUT"],
-                                 read_timeout=config["FLEET_READ_TIMEOUT"])
+    services.upstream = services.pipeline.upstream = Upstream(
+        connect_timeout=config["FLEET_CONNECT_TIMEOUT"], read_timeout=config["FLEET_READ_TIMEOUT"])
     await services.store.open()
     recent = await services.store.recent_latencies(WINDOW)
     services.latency.restore(recent)

@@ -14,7 +14,16 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from herd_kernel.api import Backend, Discovery, HealthCheck, Panel, Sensor, Signal
+    from herd_kernel.api import (
+        Backend,
+        Discovery,
+        HealthCheck,
+        NodeAPI,
+        Panel,
+        RouterAPI,
+        Sensor,
+        Signal,
+    )
     from herd_kernel.config import Config, Setting
     from herd_kernel.models import Trace
 
@@ -86,18 +95,19 @@ class HerdSpec:
         """
 
     @hookspec
-    def herd_startup(self, services: Any) -> Any:
+    def herd_startup(self, services: RouterAPI | NodeAPI) -> Any:
         """The router (or agent) has started: start background work here.
 
-        Called once as the router starts, before it serves its first request, with the kernel's
-        ``Services`` (in the node agent: once it has found its router, with the ``NodeAgent``).
+        Called once as the router starts, before it serves its first request, with the router's
+        ``RouterAPI`` (in the node agent: once it has found its router, with its ``NodeAPI``;
+        ``services.side`` tells which).
         May return
         an awaitable, which is awaited ("await me maybe"). Exceptions are logged with the plugin's
         name and do not stop the router.
         """
 
     @hookspec
-    def herd_shutdown(self, services: Any) -> Any:
+    def herd_shutdown(self, services: RouterAPI | NodeAPI) -> Any:
         """The router (or agent) is stopping: stop background work and close resources.
 
         Called once, in reverse plugin order. May return an awaitable, which is awaited.

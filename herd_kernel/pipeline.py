@@ -28,7 +28,11 @@ from herd_kernel.upstream import AnswerTooLarge, Response
 from herd_kernel.wire import BadRequest, Dialect, dialect, error_response, stream_error
 
 if TYPE_CHECKING:
-    from herd_kernel.app import Services
+    from herd_kernel.config import Config
+    from herd_kernel.fleet import Fleet
+    from herd_kernel.queues import QueueManager
+    from herd_kernel.scoring import Scorer
+    from herd_kernel.upstream import Upstream
 
 log = structlog.get_logger("herd.request")
 
@@ -96,9 +100,21 @@ def new_request_id() -> str:
 
 
 class Pipeline:
-    def __init__(self, services: Services) -> None:
-        self.services = services
-        config = services.config
+    """Built with what it uses; ``upstream`` is set once the router's event loop runs, and
+    ``draining`` when it starts to stop (new requests then get 503)."""
+
+    def __init__(
+        self, config: Config, fleet: Fleet, scorer: Scorer, queues: QueueManager,
+        record: Callable[[Trace], None], sign: Callable[[str, bytes], dict[str, str]],
+    ) -> None:
+        self.config = config
+        self.fleet = fleet
+        self.scorer = scorer
+        self.queues = queues
+        self.record = record
+        self.sign = sign  # (path, body) -> the headers of a request to a node
+        self.upstream: Upstream
+        self.draining = False
         self.max_frame = int(config["FLEET_MAX_FRAME_MB"] * 2**20)
         self.max_response = int(config["FLEET_MAX_RESPONSE_MB"] * 2**20)
 
@@ -116,17 +132,16 @@ class Pipeline:
         ``prepare(decision)`` gives what to send to the chosen node (the client's own bytes when
         nothing needs rewriting). ``not_found(model)`` is the API's 404 message.
         """
-        services = self.services
         started = time.monotonic()
         attempts: list[Attempt] = []
-        if services.draining:
+        if self.draining:
             return self._stopping(route, started, attempts, "the router is shutting down")
         exclude: set[str] = set()
-        max_retries = services.config["FLEET_MAX_RETRIES"]
+        max_retries = self.config["FLEET_MAX_RETRIES"]
         alive = _client_alive(request)
         while True:
             try:
-                got = await services.queues.acquire(route, exclude, alive)
+                got = await self.queues.acquire(route, exclude, alive)
             except asyncio.CancelledError:
                 self._finish(route, started, None, attempts, None, status="client_disconnected",
                              http_status=499, error_message="client disconnected while waiting")
@@ -163,7 +178,7 @@ class Pipeline:
                     asyncio.current_task().uncancel()  # type: ignore[union-attr]
                     if not slot.reaped:
                         return self._stopping(route, started, attempts, slot.ended)
-                    exc = UpstreamFailed(f"no progress for {services.queues.stale_timeout:g} s "
+                    exc = UpstreamFailed(f"no progress for {self.queues.stale_timeout:g} s "
                                          "(reaped)")
                 elif not exc.node_fault:
                     node_ok = None
@@ -211,8 +226,8 @@ class Pipeline:
         if decision.endpoint is None:
             raise UpstreamFailed("no endpoint serves the model")
         try:
-            response = await self.services.upstream.post(
-                decision.endpoint.url, path, payload, self.services.upstream_headers(path, payload)
+            response = await self.upstream.post(
+                decision.endpoint.url, path, payload, self.sign(path, payload)
             )
         except (TimeoutError, OSError) as exc:  # UpstreamError is an OSError
             step = "dropped after sending" if getattr(exc, "sent", False) else "connect"
@@ -229,7 +244,7 @@ class Pipeline:
         fault = engine.classify(status, message)
         if fault == "gone":
             # its model list changed since its last heartbeat: forget the model there at once
-            self.services.fleet.forget_model(node.node_id, decision.model_key)
+            self.fleet.forget_model(node.node_id, decision.model_key)
             response.release()
             raise UpstreamFailed(f"model gone: HTTP {status}: {message}", status,
                                  node_fault=False)
@@ -420,7 +435,7 @@ class Pipeline:
         gone = decision.kind == "unknown_model" and all(a.status == 404 for a in attempts)
         if attempts and not gone:
             return self._all_failed(route, attempts, started)
-        reporting = self.services.scorer.still_reporting() if decision.kind == "unknown_model" \
+        reporting = self.scorer.still_reporting() if decision.kind == "unknown_model" \
             else None
         if reporting is not None:  # not known *yet*: a 404 now would be a lie a client caches
             message = (f"fleet still reporting: model '{route.model}' is not listed yet "
@@ -466,7 +481,7 @@ class Pipeline:
             self._finish(route, started, None, attempts, None, status="client_disconnected",
                          http_status=499, error_message=refused.reason)
             return error_response(route.api, 499, refused.reason)
-        retry_after = self.services.queues.retry_after(route.model)
+        retry_after = self.queues.retry_after(route.model)
         headers = {"X-Request-Id": route.request_id, "Retry-After": str(retry_after)}
         if refused.kind == "full":  # Ollama's own words when its queue is full
             message = "server busy, please try again.  maximum pending requests exceeded"
@@ -533,7 +548,7 @@ class Pipeline:
             details=dict(details or {}),
         )
         try:
-            self.services.record(trace)
+            self.record(trace)
         except Exception:  # noqa: BLE001 - a broken plugin hook must not fail a served request
             log.exception("recording a trace failed", request_id=route.request_id)
 

@@ -33,6 +33,8 @@ log = structlog.get_logger("herd.node")
 
 
 class NodeAgent:
+    side = "node"  # herd_startup / herd_shutdown receive this agent as their NodeAPI
+
     def __init__(self, config: Config, host: PluginHost) -> None:
         self.config = config
         self.host = host

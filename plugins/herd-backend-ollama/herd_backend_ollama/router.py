@@ -84,7 +84,7 @@ class InferenceRoute:
                     outbound, summary=lambda: {**notes, **(shaped() if shaped else {})})
             return outbound
 
-        response = await self.services.pipeline.proxy(
+        response = await self.services.proxy(
             request, served, prepare, upstream_path=self.path, not_found=self.not_found
         )
         node_id = response.headers.get("X-Fleet-Node")

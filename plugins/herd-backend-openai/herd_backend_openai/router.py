@@ -38,7 +38,7 @@ class Inference:
         def prepare(decision: Any) -> Any:
             return engines[decision.endpoint.kind].outbound(route, raw, body, decision)
 
-        return await services.pipeline.proxy(request, route, prepare, upstream_path=route.path,
+        return await services.proxy(request, route, prepare, upstream_path=route.path,
                                              not_found=self.front.not_found)
 
 
