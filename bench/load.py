@@ -147,7 +147,7 @@ async def start_herd(http: aiohttp.ClientSession, node_url: str, quiet: bool) ->
         sys.executable, "-m", "herd_kernel.cli", "--host", "127.0.0.1", "--port", str(port),
         "--no-local-node"], env, data, port)
     router.agent = await spawn(
-        [sys.executable, "-m", "herd_kernel.node", "--router-url", router.url,
+        [sys.executable, "-m", "herd_node", "--router-url", router.url,
          "--ollama-host", node_url, "--node-id", "bench"],
         {**env, "OLLAMA_NUM_PARALLEL": "8", "FLEET_NODE_LAN_PROXY": "off"}, data / "node.out")
     return router

@@ -65,7 +65,7 @@ async def main(n: int, fake: str) -> None:
         node_url, close_node = node.url, node.stop
     router, proc, env = await spawn_router(stdout=None)
     agent = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "herd_kernel.node", "--router-url", router, "--ollama-host", node_url,
+        sys.executable, "-m", "herd_node", "--router-url", router, "--ollama-host", node_url,
         "--node-id", "bench", env=env, stderr=asyncio.subprocess.DEVNULL)
     try:
         async with aiohttp.ClientSession() as http:

@@ -6,7 +6,6 @@ its own key. Also the checks on the URL a heartbeat names, and the guard of the 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import ipaddress
 import json
@@ -24,23 +23,16 @@ import structlog
 from attrs import frozen
 
 from herd_kernel import auth
+from herd_kernel.auth import NODE_KEY_HEADER, NODE_SIGNATURE_HEADER, fingerprint
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, reachable_url
 from herd_kernel.models import Heartbeat
 
 log = structlog.get_logger("herd.admission")
 
-NODE_KEY_HEADER = "X-Herd-Node-Key"  # the node's key itself: sent only until it is pinned
-NODE_SIGNATURE_HEADER = "X-Herd-Node-Signature"  # auth.sign with the node's key, every heartbeat
 _KEY_SHAPE = re.compile(r"[0-9a-f]{64}")
 _BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _CONTROL = re.compile(r"[\x00-\x20\x7f]")
-
-
-def fingerprint(key: str) -> str:
-    """A short, comparable form of a node key (the agent logs it; ``herd nodes`` shows it)."""
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return "-".join(digest[i : i + 4] for i in range(0, 16, 4))
 
 
 class Refused(Exception):

@@ -246,6 +246,28 @@ class Discovery(Protocol):
     async def find_router(self, config: Config, timeout: float) -> str | None: ...
 
 
+# --- the demo ----------------------------------------------------------------------------------
+
+Stop = Callable[[], Awaitable[None]]
+
+
+class DemoFleet(Protocol):
+    """A simulated fleet for ``herd --demo`` (``contrib/herd-sim`` provides one).
+
+    ``start`` runs on the router once it listens: it starts ``nodes`` simulated machines, and for
+    each a node agent through ``await start_agent(ollama_url, node_id, **settings)`` (an agent in
+    the router's process, with the router's plugins, reporting to ``router_url``; ``settings``
+    are ``FLEET_NODE_*`` overrides). It returns an async callable that stops the machines; the
+    router stops the agents first.
+    """
+
+    name: str
+
+    async def start(
+        self, router_url: str, nodes: int, start_agent: Callable[..., Awaitable[None]]
+    ) -> Stop: ...
+
+
 # --- health checks -----------------------------------------------------------------------------
 
 Severity = Literal["info", "warning", "critical"]

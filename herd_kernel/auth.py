@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import secrets
 import time
 from collections import OrderedDict
@@ -23,6 +24,24 @@ import aiohttp
 
 HEADER = "X-Herd-Signature"
 MAX_SKEW = 60.0
+NODE_KEY_HEADER = "X-Herd-Node-Key"  # the node's key itself: sent only until it is pinned
+NODE_SIGNATURE_HEADER = "X-Herd-Node-Signature"  # sign() with the node's key, every heartbeat
+
+
+def fingerprint(key: str) -> str:
+    """A short, comparable form of a node key (the agent logs it; ``herd nodes`` shows it)."""
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return "-".join(digest[i : i + 4] for i in range(0, 16, 4))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a URL's host names this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _mac(secret: str, message: bytes) -> str:

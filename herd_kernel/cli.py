@@ -1,8 +1,8 @@
-"""Command lines: ``herd`` (the router, ``herd plugins``, ``herd --demo``) and ``herd-node``.
+"""The router's command line: ``herd`` (the router, ``herd plugins``, ``herd settings``, ``herd
+nodes``, ``herd enroll``, ``herd --demo``). ``herd-node`` is ``herd_node.cli``.
 
-Flags keep the reference's names (``--host``, ``--port``, ``--router-url``, ``--ollama-host``,
-``--node-id``) so existing scripts work. Flags override ``FLEET_*`` variables, which override
-defaults.
+Flags keep the reference's names (``--host``, ``--port``, ``--ollama-host``) so existing scripts
+work. Flags override ``FLEET_*`` variables, which override defaults.
 """
 
 from __future__ import annotations
@@ -11,51 +11,34 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import attrs
 import structlog
 
 from herd_kernel import __version__
-from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS, Config, SettingError, resolve
+from herd_kernel.config import ROUTER_SETTINGS, Config, Setting, SettingError, resolve
+from herd_kernel.launch import load, on_signals, report_plugins, run_loop
 from herd_kernel.logs import setup_logging
-from herd_kernel.plugins import PluginError, PluginHost, parse_selection
+from herd_kernel.plugins import PluginError, PluginHost
+
+if TYPE_CHECKING:
+    from herd_kernel.api import DemoFleet
 
 log = structlog.get_logger("herd.cli")
 
 LOCAL_OLLAMA = "http://127.0.0.1:11434"
 
 
-def load(
-    flags: dict[str, Any], plugins_env: str, environ: dict[str, str] | None = None
-) -> tuple[PluginHost, Config]:
-    """Resolve the kernel's settings, load the selected plugins, then resolve theirs too."""
-    environ = dict(os.environ if environ is None else environ)
-    for node_env, shared in (("FLEET_NODE_DATA_DIR", "FLEET_DATA_DIR"),
-                             ("FLEET_NODE_SECRET", "FLEET_SECRET")):
-        if node_env not in environ and shared in environ:
-            environ[node_env] = environ[shared]
-    kernel_specs = (*ROUTER_SETTINGS, *NODE_SETTINGS)
-    early = resolve(kernel_specs, environ, flags)
-    host = PluginHost(parse_selection(early[plugins_env]))
-    plugin_specs = host.settings()
-    kernel_names = {s.env for s in kernel_specs}
-    clash = sorted(s.env for s in plugin_specs if s.env in kernel_names)
-    if clash:
-        raise PluginError(f"plugins re-declare kernel settings: {', '.join(clash)}")
-    config = resolve((*kernel_specs, *plugin_specs), environ, flags)
-    return host, config
+def _agent_settings() -> tuple[Setting, ...]:
+    """The node agent's settings: the router runs agents in its own process (for a local Ollama
+    and for ``--demo``), so it reads them too. Imported when a command runs, never with the
+    kernel."""
+    from herd_node.settings import NODE_SETTINGS
 
-
-def _report_plugins(host: PluginHost) -> None:
-    for info in host.failed:
-        print(f"herd: plugin {info.name} ({info.dist}) was not loaded: {info.error}", file=sys.stderr)
-    for pattern in host.unmatched_patterns():
-        print(f"herd: no installed plugin matches {pattern!r}", file=sys.stderr)
+    return NODE_SETTINGS
 
 
 # --- herd ---------------------------------------------------------------------------------------
@@ -124,7 +107,7 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
     if args.demo and args.host is None and "FLEET_HOST" not in os.environ:
         flags["FLEET_HOST"] = "127.0.0.1"  # a demo has no business on the LAN
     try:
-        host, config = load(flags, "FLEET_PLUGINS")
+        host, config = load((*ROUTER_SETTINGS, *_agent_settings()), flags, "FLEET_PLUGINS")
     except (SettingError, PluginError) as exc:
         print(f"herd: {exc}", file=sys.stderr)
         return 2
@@ -133,10 +116,15 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
     if args.command == "settings":
         print(settings_markdown(config) if args.markdown else _settings_text(config), end="")
         return 0
-    setup_logging(config["FLEET_LOG_LEVEL"], config["FLEET_DATA_DIR"])
-    _report_plugins(host)
     try:
-        return run_loop(_serve_router(host, config, args), config["FLEET_UVLOOP"])
+        demo = _demo_fleet(host, config) if args.demo else None
+    except (PluginError, RuntimeError) as exc:
+        print(f"herd: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(config["FLEET_LOG_LEVEL"], config["FLEET_DATA_DIR"])
+    report_plugins(host, "herd")
+    try:
+        return run_loop(_serve_router(host, config, args, demo), config["FLEET_UVLOOP"])
     except KeyboardInterrupt:
         return 0
     except (PluginError, SettingError, OSError, RuntimeError) as exc:
@@ -147,7 +135,7 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
 def _admin_command(args: argparse.Namespace, flags: dict[str, Any]) -> int:
     """``herd nodes [approve|remove ID]`` and ``herd enroll``: calls to the running router."""
     try:
-        config = resolve((*ROUTER_SETTINGS, *NODE_SETTINGS), os.environ, flags)
+        config = resolve(ROUTER_SETTINGS, os.environ, flags)
     except SettingError as exc:
         print(f"herd: {exc}", file=sys.stderr)
         return 2
@@ -306,7 +294,9 @@ def _settings_text(config: Config) -> str:
     return "".join(f"{s.env:<{width}}  {config[s.env]!s}\n" for s in sorted(config.specs, key=lambda s: s.env))
 
 
-async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespace) -> int:
+async def _serve_router(
+    host: PluginHost, config: Config, args: argparse.Namespace, demo: DemoFleet | None = None
+) -> int:
     from herd_kernel.app import create_app, drain, serve
 
     app = create_app(config, host)
@@ -314,7 +304,7 @@ async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespa
     runner, _site = await serve(app, bind, port, reuse_address=True)
     local = f"http://127.0.0.1:{port}"
     stop = asyncio.Event()
-    _on_signals(stop.set)
+    on_signals(stop.set)
     background: list[Callable[[], Any]] = []
     print(f"Herd {__version__} routing on http://{bind}:{port}", file=sys.stderr)
     if config["FLEET_SECRET"]:
@@ -333,11 +323,11 @@ async def _serve_router(host: PluginHost, config: Config, args: argparse.Namespa
                 background.append(await _start_agent(host, config, local, ollama, None))
             else:
                 print(f"  no Ollama answered at {ollama}; this machine is not a node.", file=sys.stderr)
-                if not args.demo:
+                if demo is None:
                     print("  try `herd --demo` for a simulated fleet, or add machines with\n"
                           f"  `herd-node --router-url http://<this machine>:{port}`", file=sys.stderr)
-        if args.demo:
-            background.append(await _start_demo(host, config, local, args.demo_nodes))
+        if demo is not None:
+            background.append(await _start_demo(host, config, demo, local, args.demo_nodes))
         print(f"  status:  curl {local}/fleet/status\n"
               f"  chat:    curl {local}/api/chat -d "
               "'{\"model\":\"llama3.2:3b\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'",
@@ -367,7 +357,7 @@ async def _start_agent(
     host: PluginHost, config: Config, router_url: str, ollama: str, node_id: str | None,
     **extra: Any,
 ) -> Callable[[], Any]:
-    from herd_kernel.node.agent import NodeAgent
+    from herd_node.agent import NodeAgent  # the one place the kernel starts an agent
 
     # an agent inside the router's process reaches its Ollama directly: no LAN proxy
     overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama,
@@ -385,113 +375,44 @@ async def _start_agent(
     return close
 
 
-async def _start_demo(host: PluginHost, config: Config, router_url: str, count: int) -> Callable[[], Any]:
+def _demo_fleet(host: PluginHost, config: Config) -> DemoFleet:
+    """The one simulated fleet the loaded plugins offer (herd-sim's ``demo-sim``)."""
+    fleets = host.demo_fleets(config)
+    if len(fleets) == 1:
+        return fleets[0]
+    if fleets:
+        names = ", ".join(sorted(fleet.name for fleet in fleets))
+        raise RuntimeError(f"--demo: several plugins offer a simulated fleet ({names}); "
+                           "keep one with --plugins")
+    raise RuntimeError("--demo needs a plugin that offers a simulated fleet, and none is loaded: "
+                       "install herd-sim (contrib/herd-sim) and keep its plugin demo-sim in "
+                       "--plugins / FLEET_PLUGINS")
+
+
+async def _start_demo(
+    host: PluginHost, config: Config, demo: DemoFleet, router_url: str, count: int
+) -> Callable[[], Any]:
+    """Start the demo's simulated machines, and an agent in this process in front of each."""
+    agents: list[Callable[[], Any]] = []
+
+    async def start_agent(ollama_url: str, node_id: str, **settings: Any) -> None:
+        agents.append(await _start_agent(host, config, router_url, ollama_url, node_id, **settings))
+
+    async def stop_agents() -> None:
+        for closer in reversed(agents):
+            await closer()
+
     try:
-        from herd_sim import PROFILES, SimFleet
-    except ImportError:
-        raise RuntimeError("--demo needs the herd-sim package (contrib/herd-sim)") from None
-    names = list(PROFILES)
-    profiles = []
-    for i in range(max(1, count)):
-        base = PROFILES[names[i % len(names)]]
-        suffix = "" if i < len(names) else f"-{i // len(names) + 1}"
-        profiles.append(attrs.evolve(base, name=f"sim-{base.name}{suffix}"))
-    fleet = SimFleet(profiles, host="127.0.0.1")
-    await fleet.start()
-    closers = []
-    for name, node in fleet.nodes.items():
-        # the simulated machine's memory, not this one's, if herd-sim's sensor is installed
-        extra: dict[str, Any] = {"sim_hardware": True} if "FLEET_NODE_SIM_HARDWARE" in config else {}
-        if "FLEET_NODE_OLLAMA_NUM_PARALLEL" in config:  # as an OLLAMA_NUM_PARALLEL would say
-            extra["FLEET_NODE_OLLAMA_NUM_PARALLEL"] = node.profile.num_parallel
-        closers.append(await _start_agent(host, config, router_url, node.url, name, **extra))
-        print(f"  simulated node {name} at {node.url}", file=sys.stderr)
+        stop_fleet = await demo.start(router_url, max(1, count), start_agent)
+    except BaseException:
+        await stop_agents()
+        raise
 
     async def close() -> None:
-        for closer in closers:
-            await closer()
-        await fleet.stop()
+        await stop_agents()
+        await stop_fleet()
 
     return close
-
-
-def run_loop(main: Coroutine[Any, Any, int], uvloop: bool = True) -> int:
-    """Run ``main`` on uvloop when it is installed (and wanted), else on asyncio's own loop."""
-    factory = None
-    if uvloop:
-        try:
-            import uvloop as _uvloop
-        except ImportError:
-            pass
-        else:
-            factory = _uvloop.new_event_loop
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(main)
-
-
-def _on_signals(callback: Callable[[], None]) -> None:
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, callback)
-        except (NotImplementedError, RuntimeError):  # Windows
-            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(callback))
-
-
-# --- herd-node ----------------------------------------------------------------------------------
-
-
-def _node_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="herd-node", description="Herd node agent: reports this machine to the router."
-    )
-    parser.add_argument("--version", "-V", action="version", version=f"herd-node {__version__}")
-    parser.add_argument("--router-url", help="router URL (FLEET_NODE_ROUTER_URL); empty = discover")
-    parser.add_argument("--ollama-host", help="local Ollama URL (FLEET_NODE_OLLAMA_HOST)")
-    parser.add_argument("--node-id", help="this node's name (FLEET_NODE_NODE_ID, default host name)")
-    parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
-    parser.add_argument("--secret", help="the router's fleet secret (FLEET_NODE_SECRET)")
-    parser.add_argument("--plugins", help="plugins to load, names or globs, comma-separated")
-    parser.add_argument("--data-dir", help="data directory (FLEET_NODE_DATA_DIR / FLEET_DATA_DIR)")
-    parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR")
-    return parser
-
-
-def node_main(argv: Sequence[str] | None = None) -> int:
-    args = _node_parser().parse_args(argv)
-    flags = {
-        "FLEET_NODE_ROUTER_URL": args.router_url,
-        "FLEET_NODE_OLLAMA_HOST": args.ollama_host,
-        "FLEET_NODE_NODE_ID": args.node_id,
-        "FLEET_NODE_HEARTBEAT_INTERVAL": args.heartbeat_interval,
-        "FLEET_NODE_PLUGINS": args.plugins,
-        "FLEET_NODE_DATA_DIR": args.data_dir,
-        "FLEET_NODE_LOG_LEVEL": args.log_level,
-        "FLEET_NODE_SECRET": args.secret,
-    }
-    try:
-        host, config = load(flags, "FLEET_NODE_PLUGINS")
-    except (SettingError, PluginError) as exc:
-        print(f"herd-node: {exc}", file=sys.stderr)
-        return 2
-    setup_logging(config["FLEET_NODE_LOG_LEVEL"], config["FLEET_NODE_DATA_DIR"], "herd-node.jsonl")
-    _report_plugins(host)
-    try:
-        return run_loop(_run_node(host, config), config["FLEET_UVLOOP"])
-    except KeyboardInterrupt:
-        return 0
-    except (PluginError, SettingError, RuntimeError) as exc:
-        print(f"herd-node: {exc}", file=sys.stderr)
-        return 1
-
-
-async def _run_node(host: PluginHost, config: Config) -> int:
-    from herd_kernel.node.agent import NodeAgent
-
-    agent = NodeAgent(config, host)
-    _on_signals(agent.stop)
-    await agent.run()
-    return 0
 
 
 if __name__ == "__main__":

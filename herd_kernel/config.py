@@ -7,7 +7,6 @@ read them from the same resolved ``Config``.
 from __future__ import annotations
 
 import os
-import socket
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -26,6 +25,8 @@ class Setting:
     default: Any
     help: str
     scope: Scope = "router"
+    # read this variable instead when ``env`` is not set (FLEET_NODE_SECRET -> FLEET_SECRET)
+    fallback: str | None = None
 
     @property
     def key(self) -> str:
@@ -118,6 +119,8 @@ def resolve(
         value = spec.default
         if spec.env in environ:
             value = parse_value(spec, environ[spec.env])
+        elif spec.fallback is not None and spec.fallback in environ:
+            value = parse_value(spec, environ[spec.fallback])
         values[spec.env] = value
     for name, raw in flags.items():
         spec = next((s for s in specs if s.env == name), None) or by_key.get(name)
@@ -127,18 +130,20 @@ def resolve(
     return Config(specs, values)
 
 
-def _default_data_dir() -> Path:
+def default_data_dir() -> Path:
+    """Where the router and the node agent keep their state unless told otherwise."""
     return Path("~/.fleet-manager").expanduser()
 
 
-# The kernel's own settings. Plugins add theirs through the ``herd_settings`` hook.
+# The router's own settings; the node agent's are in ``herd_node.settings``. Plugins add theirs
+# through the ``herd_settings`` hook.
 ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(env="FLEET_HOST", type=str, default="0.0.0.0", help="Address the router listens on."),
     Setting(env="FLEET_PORT", type=int, default=11435, help="Port the router listens on."),
     Setting(
         env="FLEET_DATA_DIR",
         type=Path,
-        default=_default_data_dir(),
+        default=default_data_dir(),
         help="Where the router keeps its databases and logs (logs/herd.jsonl).",
         scope="both",
     ),
@@ -394,88 +399,5 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         help="Seconds a running request may go without relaying a byte before the reaper ends it, "
         "frees its slot and counts it (non-streamed answers arrive whole, so keep this at least "
         "as long as the slowest whole answer).",
-    ),
-)
-
-NODE_SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        env="FLEET_NODE_ROUTER_URL",
-        type=str,
-        default="",
-        help="Router to report to, e.g. http://192.168.1.10:11435; empty finds it by discovery.",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_OLLAMA_HOST",
-        type=str,
-        default="http://localhost:11434",
-        help="The local Ollama this agent describes and serves.",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_NODE_ID",
-        type=str,
-        default=socket.gethostname(),
-        help="This node's name in the fleet (default: the host name).",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_SECRET",
-        type=str,
-        default="",
-        help="The fleet secret the router was given (FLEET_SECRET): signs heartbeats and checks "
-        "that a router is the real one. Defaults to FLEET_SECRET when only that is set.",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_LAN_PROXY",
-        type=str,
-        default="auto",
-        help="Offer the router a way to a localhost-only Ollama: 'auto' (only when a fleet "
-        "secret is set and FLEET_NODE_OLLAMA_HOST is a loopback address), 'on', or 'off'. The "
-        "proxy forwards only the router's routes, signed with the secret when one is set.",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_PROXY_HOST",
-        type=str,
-        default="0.0.0.0",
-        help="Address the LAN proxy listens on.",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_PROXY_PORT",
-        type=int,
-        default=11444,
-        help="Port the LAN proxy listens on (0 picks a free one).",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_HEARTBEAT_INTERVAL",
-        type=float,
-        default=5.0,
-        help="Seconds between heartbeats (fixed rate: a slow probe does not stretch the period).",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_DATA_DIR",
-        type=Path,
-        default=_default_data_dir(),
-        help="Where the node agent keeps its state and logs.",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_LOG_LEVEL",
-        type=str,
-        default="INFO",
-        help="Node agent log level.",
-        scope="node",
-    ),
-    Setting(
-        env="FLEET_NODE_PLUGINS",
-        type=str,
-        default="",
-        help="Comma-separated plugin names or globs the node agent loads; empty loads all.",
-        scope="node",
     ),
 )

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import ipaddress
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
+from herd_kernel.auth import is_loopback
 from herd_kernel.models import (
     AvailableModel,
     Endpoint,
@@ -29,15 +29,6 @@ from herd_kernel.models import (
 StatusListener = Callable[[str, "str | None", str], None]
 
 
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def reachable_url(reported: str, peer_ip: str | None) -> str:
     """The URL the router should use for an engine on a node.
 
@@ -47,7 +38,7 @@ def reachable_url(reported: str, peer_ip: str | None) -> str:
     """
     parts = urlsplit(reported if "://" in reported else f"http://{reported}")
     host = parts.hostname or ""
-    if peer_ip and _is_loopback(host) and not _is_loopback(peer_ip):
+    if peer_ip and is_loopback(host) and not is_loopback(peer_ip):
         port = f":{parts.port}" if parts.port else ""
         peer = f"[{peer_ip}]" if ":" in peer_ip else peer_ip
         parts = parts._replace(netloc=f"{peer}{port}")

@@ -16,6 +16,7 @@ import pluggy
 if TYPE_CHECKING:
     from herd_kernel.api import (
         Backend,
+        DemoFleet,
         Discovery,
         HealthCheck,
         NodeAPI,
@@ -92,6 +93,15 @@ class HerdSpec:
 
         Called once at agent start. Before every heartbeat each sensor's ``read`` runs (in
         ``order``, concurrently, each with a timeout) and its fragment is merged into the payload.
+        """
+
+    @hookspec
+    def herd_demo_fleet(self, config: Config) -> Sequence[DemoFleet]:
+        """Offer a simulated fleet for ``herd --demo`` (router).
+
+        Called only when the router starts with ``--demo``, after it listens. Return
+        ``herd_kernel.api.DemoFleet`` objects; the router starts the one fleet on offer (none is
+        a clear error, several are an error naming them: choose with ``--plugins``).
         """
 
     @hookspec

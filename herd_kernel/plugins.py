@@ -172,6 +172,10 @@ class PluginHost:
         pairs = self._collect("herd_discovery", None, ("name", "find_router"), config=config)
         return self._unique("herd_discovery", pairs, "name")
 
+    def demo_fleets(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_demo_fleet", None, ("name", "start"), config=config)
+        return self._unique("herd_demo_fleet", pairs, "name")
+
     def health_checks(self, config: Config) -> list[Any]:
         pairs = self._collect("herd_health_checks", None, ("id", "evaluate"), config=config)
         return self._unique("herd_health_checks", pairs, "id")
@@ -219,6 +223,7 @@ class PluginHost:
             "discovery": ("herd_discovery", "name", {"config": config}),
             "health checks": ("herd_health_checks", "id", {"config": config}),
             "panels": ("herd_dashboard_panels", "id", {"config": config}),
+            "demo": ("herd_demo_fleet", "name", {"config": config}),
         }
         for info in self.loaded:
             plugin = self.pm.get_plugin(info.name)

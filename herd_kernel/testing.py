@@ -20,8 +20,9 @@ import attrs
 import pytest
 from aiohttp import web
 
-from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS, Config, resolve
+from herd_kernel.config import ROUTER_SETTINGS, Config, resolve
 from herd_kernel.plugins import PluginHost, parse_selection
+from herd_node.settings import NODE_SETTINGS
 
 
 def make_host(plugins: str | None = None, extra: Iterable[object] = ()) -> PluginHost:
@@ -159,7 +160,7 @@ async def herd_router(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[R
 @pytest.fixture
 async def herd_agent(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Any]]]:
     """Factory: run a real node agent (in this event loop) against a router and an Ollama URL."""
-    from herd_kernel.node.agent import NodeAgent
+    from herd_node.agent import NodeAgent
 
     running: list[tuple[Any, asyncio.Task[None]]] = []
 

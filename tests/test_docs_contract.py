@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS
+from herd_kernel.config import ROUTER_SETTINGS
 from herd_kernel.hookspecs import HerdSpec
 from herd_kernel.plugins import ENTRY_POINT_GROUP, PluginHost
+from herd_node.settings import NODE_SETTINGS
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOKS_DOC = ROOT / "docs" / "hooks.md"

@@ -116,7 +116,7 @@ async def test_router_with_one_plugin_and_a_node_agent_process(tmp_path):
     agent = None
     try:
         await wait_for(lambda: fleet_status(url), timeout=20, interval=0.1)
-        agent = await spawn("herd_kernel.node", "--router-url", url, "--ollama-host", node.url,
+        agent = await spawn("herd_node", "--router-url", url, "--ollama-host", node.url,
                             "--node-id", "laptop", env={**env, "FLEET_NODE_HEARTBEAT_INTERVAL": "0.3"})
 
         async def registered() -> bool:

@@ -30,7 +30,8 @@ def test_a_lazy_name_is_called_and_read_through():
 def test_plugins_that_only_node_agents_need_do_not_load_their_libraries_in_the_router():
     code = (
         "import sys\n"
-        "from herd_kernel.config import NODE_SETTINGS, ROUTER_SETTINGS, resolve\n"
+        "from herd_kernel.config import ROUTER_SETTINGS, resolve\n"
+        "from herd_node.settings import NODE_SETTINGS\n"
         "from herd_kernel.plugins import PluginHost\n"
         "host = PluginHost()\n"
         "config = resolve([*ROUTER_SETTINGS, *NODE_SETTINGS, *host.settings()], {}, {})\n"

@@ -3,7 +3,7 @@
 import asyncio
 
 from herd_kernel.hookspecs import hookimpl
-from herd_kernel.node.agent import NodeAgent
+from herd_node.agent import NodeAgent
 from herd_kernel.testing import make_config, make_host, wait_for
 
 

@@ -9,7 +9,7 @@ import pytest
 from herd_sim import PROFILES, SimNode
 
 from herd_kernel import auth
-from herd_kernel.node import proxy
+from herd_node import proxy
 from herd_kernel.testing import wait_for
 
 SECRET = "s3cret"

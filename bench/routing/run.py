@@ -44,7 +44,7 @@ from herd_kernel.api import Candidate, ScoringContext
 from herd_kernel.app import SERVICES, create_app
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import normalize_model
-from herd_kernel.node.agent import NodeAgent
+from herd_node.agent import NodeAgent
 from herd_kernel.plugins import PluginHost
 from herd_kernel.testing import make_config, make_host
 

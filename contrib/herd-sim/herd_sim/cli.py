@@ -22,7 +22,7 @@ from herd_sim.fleet import SimFleet
 
 __all__ = ["agent_command", "agent_env", "build_parser", "fleet_profiles", "main", "run"]
 
-AGENT_MODULE = "herd_kernel.node"
+AGENT_MODULE = "herd_node"
 Spawn = Callable[[list[str], dict[str, str]], Awaitable[asyncio.subprocess.Process]]
 
 

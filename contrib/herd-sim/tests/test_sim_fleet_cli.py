@@ -50,7 +50,7 @@ def test_profiles_for_the_command_line():
 def test_agent_command_and_environment():
     command = agent_command("http://r:11435", "http://127.0.0.1:5000", "sim-large",
                             ["--heartbeat-interval=1"])
-    assert command == [sys.executable, "-m", "herd_kernel.node", "--router-url", "http://r:11435",
+    assert command == [sys.executable, "-m", "herd_node", "--router-url", "http://r:11435",
                        "--ollama-host", "http://127.0.0.1:5000", "--node-id", "sim-large",
                        "--heartbeat-interval=1"]
     env = agent_env({"PATH": "/bin"})

@@ -23,7 +23,7 @@ from aiohttp import web
 
 from herd_kernel import __version__
 from herd_kernel.app import SERVICES, create_app
-from herd_kernel.node.agent import NodeAgent
+from herd_node.agent import NodeAgent
 from herd_kernel.testing import make_config, make_host
 
 PLUGINS = "backend-ollama,discovery-mdns"

@@ -38,7 +38,7 @@ from zeroconf.asyncio import AsyncServiceInfo
 import herd_kernel
 from herd_kernel.config import SettingError
 from herd_kernel.hookspecs import hookimpl
-from herd_kernel.node.agent import NodeAgent
+from herd_node.agent import NodeAgent
 from herd_kernel.testing import make_config, make_host, wait_for
 
 SCENARIO = Path(__file__).with_name("mdns_netns_scenario.py")

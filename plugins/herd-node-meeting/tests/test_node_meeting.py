@@ -37,7 +37,7 @@ from herd_node_meeting.runner import run_command
 
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import RouteRequest
-from herd_kernel.node.agent import NodeAgent
+from herd_node.agent import NodeAgent
 from herd_kernel.scoring import Decision, NoRoute
 from herd_kernel.testing import make_config, make_host, wait_for
 

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from herd_kernel.node.commands import run_command
+from herd_node.commands import run_command
 
 Runner = Callable[[Sequence[str], float], Awaitable[tuple[int, str] | None]]
 

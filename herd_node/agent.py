@@ -22,12 +22,11 @@ import aiohttp
 import structlog
 
 from herd_kernel import __version__, auth
-from herd_kernel.admission import NODE_KEY_HEADER, NODE_SIGNATURE_HEADER, fingerprint
 from herd_kernel.api import NodeContext
+from herd_kernel.auth import NODE_KEY_HEADER, NODE_SIGNATURE_HEADER, fingerprint, is_loopback
 from herd_kernel.config import Config
-from herd_kernel.fleet import _is_loopback
-from herd_kernel.node import proxy
 from herd_kernel.plugins import PluginHost
+from herd_node import proxy
 
 log = structlog.get_logger("herd.node")
 
@@ -253,7 +252,7 @@ class NodeAgent:
         if mode != "auto":
             return False
         host = urlsplit(self.config["FLEET_NODE_OLLAMA_HOST"]).hostname or ""
-        return bool(self.secret) and _is_loopback(host)
+        return bool(self.secret) and is_loopback(host)
 
     async def _start_proxy(self) -> Any:
         if not self.proxy_wanted():

@@ -1,0 +1,67 @@
+"""What ``herd`` and ``herd-node`` both do around their work: resolve the settings with those of
+the selected plugins, report plugins that did not load, and run one coroutine on uvloop until
+SIGINT or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from typing import Any
+
+from herd_kernel.config import Config, Setting, resolve
+from herd_kernel.plugins import PluginError, PluginHost, parse_selection
+
+
+def load(
+    specs: Iterable[Setting],
+    flags: Mapping[str, Any],
+    plugins_env: str,
+    environ: Mapping[str, str] | None = None,
+) -> tuple[PluginHost, Config]:
+    """Resolve ``specs``, load the plugins ``plugins_env`` selects, then resolve theirs too."""
+    environ = os.environ if environ is None else environ
+    specs = tuple(specs)
+    early = resolve(specs, environ, flags)
+    host = PluginHost(parse_selection(early[plugins_env]))
+    plugin_specs = host.settings()
+    own = {s.env for s in specs}
+    clash = sorted(s.env for s in plugin_specs if s.env in own)
+    if clash:
+        raise PluginError(f"plugins re-declare kernel settings: {', '.join(clash)}")
+    return host, resolve((*specs, *plugin_specs), environ, flags)
+
+
+def report_plugins(host: PluginHost, prog: str) -> None:
+    for info in host.failed:
+        print(f"{prog}: plugin {info.name} ({info.dist}) was not loaded: {info.error}",
+              file=sys.stderr)
+    for pattern in host.unmatched_patterns():
+        print(f"{prog}: no installed plugin matches {pattern!r}", file=sys.stderr)
+
+
+def run_loop(main: Coroutine[Any, Any, int], uvloop: bool = True) -> int:
+    """Run ``main`` on uvloop when it is installed (and wanted), else on asyncio's own loop."""
+    factory = None
+    if uvloop:
+        try:
+            import uvloop as _uvloop
+        except ImportError:
+            pass
+        else:
+            factory = _uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)
+
+
+def on_signals(callback: Callable[[], None]) -> None:
+    """Call ``callback`` on SIGINT and SIGTERM (from inside the running loop)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, callback)
+        except (NotImplementedError, RuntimeError):  # Windows
+            signal.signal(sig, lambda *_: loop.call_soon_threadsafe(callback))
