@@ -25,10 +25,12 @@ def load(
     """Resolve ``specs``, load the plugins ``plugins_env`` selects, then resolve theirs too."""
     environ = os.environ if environ is None else environ
     specs = tuple(specs)
-    early = resolve(specs, environ, flags)
+    own = {s.env for s in specs}
+    known = own | {s.key for s in specs}
+    # flags for plugins' settings wait until the plugins have declared them
+    early = resolve(specs, environ, {k: v for k, v in flags.items() if k in known})
     host = PluginHost(parse_selection(early[plugins_env]))
     plugin_specs = host.settings()
-    own = {s.env for s in specs}
     clash = sorted(s.env for s in plugin_specs if s.env in own)
     if clash:
         raise PluginError(f"plugins re-declare kernel settings: {', '.join(clash)}")

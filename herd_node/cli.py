@@ -25,6 +25,9 @@ def _node_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", "-V", action="version", version=f"herd-node {__version__}")
     parser.add_argument("--router-url", help="router URL (FLEET_NODE_ROUTER_URL); empty = discover")
     parser.add_argument("--ollama-host", help="local Ollama URL (FLEET_NODE_OLLAMA_HOST)")
+    parser.add_argument("--openai-url", action="append", metavar="URL",
+                        help="an OpenAI-compatible engine on this machine (llama.cpp, vLLM, LM "
+                        "Studio, mlx_lm); repeatable (FLEET_NODE_OPENAI_URLS)")
     parser.add_argument("--node-id", help="this node's name (FLEET_NODE_NODE_ID, default host name)")
     parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
     parser.add_argument("--secret", help="the router's fleet secret (FLEET_NODE_SECRET)")
@@ -39,6 +42,7 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     flags = {
         "FLEET_NODE_ROUTER_URL": args.router_url,
         "FLEET_NODE_OLLAMA_HOST": args.ollama_host,
+        "FLEET_NODE_OPENAI_URLS": ",".join(args.openai_url) if args.openai_url else None,
         "FLEET_NODE_NODE_ID": args.node_id,
         "FLEET_NODE_HEARTBEAT_INTERVAL": args.heartbeat_interval,
         "FLEET_NODE_PLUGINS": args.plugins,
@@ -50,6 +54,9 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         # the router's settings too: a plugin may read one (a timeout) on either side
         host, config = load((*ROUTER_SETTINGS, *NODE_SETTINGS), flags, "FLEET_NODE_PLUGINS")
     except (SettingError, PluginError) as exc:
+        if args.openai_url and "FLEET_NODE_OPENAI_URLS" in str(exc):
+            exc = SettingError("--openai-url needs the backend-openai plugin "
+                               "(herd-backend-openai), which is not installed or not selected")
         print(f"herd-node: {exc}", file=sys.stderr)
         return 2
     setup_logging(config["FLEET_NODE_LOG_LEVEL"], config["FLEET_NODE_DATA_DIR"], "herd-node.jsonl")

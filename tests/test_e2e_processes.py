@@ -14,6 +14,7 @@ from pathlib import Path
 
 import aiohttp
 import ollama
+import openai
 import pytest
 from herd_sim import PROFILES, SimNode
 
@@ -161,3 +162,55 @@ async def test_unmatched_plugin_selection_is_reported(argv, tmp_path):
     out, err = await proc.communicate()
     assert proc.returncode == 0
     assert b"no installed plugin matches 'nothing-like-this'" in out
+
+
+@pytest.mark.real_engine
+async def test_openai_backend_alone_with_a_node_process_in_front_of_a_real_engine(
+        tmp_path, llama_server):
+    """`herd --plugins backend-openai` runs alone; `herd-node --openai-url` attaches the engine;
+    the real openai client gets a real answer through it."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {"FLEET_DATA_DIR": str(tmp_path)}
+    router = await spawn("herd_kernel.cli", "--plugins", "backend-openai", "--host", "127.0.0.1",
+                         "--port", str(port), "--no-local-node", env=env)
+    agent = None
+    try:
+        await wait_for(lambda: fleet_status(url), timeout=20, interval=0.1)
+        agent = await spawn("herd_node", "--router-url", url, "--openai-url", llama_server,
+                            "--node-id", "gpu-box", "--plugins", "backend-openai",
+                            env={**env, "FLEET_NODE_HEARTBEAT_INTERVAL": "0.3"})
+
+        async def listed() -> bool:
+            status = await fleet_status(url)
+            return bool(status and status["nodes"] and status["nodes"][0]["endpoints"]
+                        and status["nodes"][0]["endpoints"][0]["models_available"])
+
+        await wait_for(listed, timeout=20, interval=0.1)
+        [entry] = (await fleet_status(url))["nodes"]
+        [endpoint] = entry["endpoints"]
+        assert (endpoint["kind"], endpoint["url"], endpoint["models_available"]) == (
+            "openai", llama_server, ["smollm2"])
+        async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused") as client:
+            raw = await client.chat.completions.with_raw_response.create(
+                model="smollm2", temperature=0, max_tokens=16,
+                messages=[{"role": "user", "content": "What is the capital of France?"}])
+        assert "Paris" in raw.parse().choices[0].message.content
+        assert raw.headers["X-Fleet-Node"] == "gpu-box"
+    finally:
+        if agent is not None:
+            code, err = await stop(agent)
+            assert code == 0, err
+        code, err = await stop(router)
+        assert code == 0, err
+
+
+async def test_openai_url_without_the_openai_backend_is_a_clear_error(tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "herd_node", "--router-url", "http://127.0.0.1:9",
+        "--openai-url", "http://127.0.0.1:8080", "--plugins", "backend-ollama",
+        env={**os.environ, "FLEET_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 2
+    assert "--openai-url needs the backend-openai plugin" in err.decode()
