@@ -10,6 +10,7 @@ from __future__ import annotations
 import fnmatch
 import importlib.metadata as md
 import inspect
+import re
 from collections.abc import Iterable, Sequence
 from types import ModuleType
 from typing import Any
@@ -18,7 +19,7 @@ import attrs
 import pluggy
 import structlog
 
-from herd_kernel import hookspecs
+from herd_kernel import PLUGIN_API, __version__, hookspecs
 from herd_kernel.config import Config, Setting
 
 ENTRY_POINT_GROUP = "herd"
@@ -47,6 +48,55 @@ def parse_selection(text: str | Sequence[str] | None) -> list[str]:
 
 def selected(name: str, patterns: Sequence[str]) -> bool:
     return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+_OPS = {">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, "!=": lambda a, b: a != b,
+        "==": lambda a, b: a == b, ">": lambda a, b: a > b, "<": lambda a, b: a < b}
+_REQUIREMENT = re.compile(r"^\s*herd[-_.]kernel\s*(?:\[[^\]]*\])?\s*([^;]*)(;.*)?$", re.IGNORECASE)
+_CLAUSE = re.compile(r"^\s*(>=|<=|==|!=|~=|>|<)\s*([0-9][0-9.]*)(\.\*)?\s*$")
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("."):
+        digits = re.match(r"\d+", piece)
+        if digits is None:
+            break
+        parts.append(int(digits.group()))
+    return tuple(parts)
+
+
+def _pad(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    width = max(len(a), len(b))
+    return a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
+
+
+def kernel_mismatch(requires: Sequence[str] | None, version: str = __version__) -> str | None:
+    """Why a distribution's ``herd-kernel`` requirement excludes this kernel (None: it does
+    not, or it says nothing). A plugin built for another kernel is refused by name, before its
+    code is imported."""
+    have = _version(version)
+    for requirement in requires or ():
+        match = _REQUIREMENT.match(requirement)
+        if match is None or (match.group(2) and "extra" in match.group(2)):
+            continue
+        for clause in filter(None, (c.strip() for c in match.group(1).split(","))):
+            parsed = _CLAUSE.match(clause)
+            if parsed is None:
+                continue  # a form this check does not read: the installer has judged it
+            op, wanted, star = parsed.group(1), _version(parsed.group(2)), parsed.group(3)
+            if star and op in ("==", "!="):
+                ok = (have[:len(wanted)] == wanted) == (op == "==")
+            elif op == "~=":
+                ok = _pad(have, wanted)[0] >= _pad(have, wanted)[1] \
+                    and have[:max(1, len(wanted) - 1)] == wanted[:max(1, len(wanted) - 1)]
+            else:
+                ok = _OPS[op](*_pad(have, wanted))
+            if not ok:
+                return (f"built for herd-kernel {match.group(1).strip()}, but this is "
+                        f"herd-kernel {version} (plugin API {PLUGIN_API}): install a release of "
+                        "the plugin made for it")
+    return None
 
 
 class PluginHost:
@@ -78,6 +128,12 @@ class PluginHost:
                     attrs.evolve(info, error=f"duplicate plugin name, also provided by {seen[ep.name]}")
                 )
                 continue
+            # a plugin built for another kernel is refused before its code runs
+            problem = kernel_mismatch(ep.dist.requires if ep.dist is not None else None)
+            if problem is not None:
+                self.failed.append(attrs.evolve(info, error=problem))
+                log.warning("plugin refused", plugin=ep.name, dist=dist, error=problem)
+                continue
             try:
                 module = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import failure is reported, not fatal
@@ -93,10 +149,15 @@ class PluginHost:
             seen[ep.name] = dist
 
     def register(self, plugin: ModuleType | object, info: PluginInfo | None = None) -> None:
-        """Register a plugin object directly (tests, embedding applications)."""
+        """Register a plugin object directly (tests, embedding applications). A plugin that says
+        which plugin API it was built for (a ``PLUGIN_API`` attribute) must say this one."""
         if info is None:
             name = getattr(plugin, "__name__", type(plugin).__name__)
             info = PluginInfo(name=name, dist="(registered)", version="", module=name)
+        built_for = getattr(plugin, "PLUGIN_API", PLUGIN_API)
+        if built_for != PLUGIN_API:
+            raise PluginError(f"plugin {info.name} was built for Herd plugin API {built_for!r}; "
+                              f"this Herd ({__version__}) speaks plugin API {PLUGIN_API}")
         self.pm.register(plugin, name=info.name)
         try:
             # a herd_* function that matches no hook is a typo the author wants to hear about

@@ -5,7 +5,7 @@ import pytest
 
 from herd_kernel.config import Setting
 from herd_kernel.hookspecs import hookimpl
-from herd_kernel.plugins import PluginError, PluginHost
+from herd_kernel.plugins import PluginError, PluginHost, PluginInfo
 from herd_kernel.testing import make_config
 
 
@@ -134,3 +134,77 @@ async def test_lifecycle_awaits_results_and_isolates_failures():
     await host.lifecycle("herd_startup", services=None)
     assert events.calls == ["start", "async-start"]
     host.notify("herd_request_finished", trace=None)  # logged, not raised
+
+
+# --- the plugin API: a plugin built for another kernel is refused by name -----------------------
+
+
+@pytest.mark.parametrize("requires,refused", [
+    (None, False),
+    ([], False),
+    (["herd-kernel>=0.1,<0.2"], False),
+    (["herd-kernel"], False),
+    (["herd_kernel >= 0.1, < 0.2", "psutil>=5.9"], False),
+    (["herd-kernel==0.1.*"], False),
+    (["herd-kernel~=0.1.0"], False),
+    (["herd-kernel>=0.2,<0.3"], True),
+    (["herd-kernel<0.1"], True),
+    (["herd-kernel==0.2.*"], True),
+    (["herd-kernel>=0.1,<0.2; extra == 'herd'"], False),
+])
+def test_a_kernel_requirement_that_excludes_this_kernel_is_named(requires, refused):
+    from herd_kernel.plugins import kernel_mismatch
+
+    problem = kernel_mismatch(requires, "0.1.0")
+    assert (problem is not None) == refused
+    if refused:
+        assert "herd-kernel 0.1.0" in problem and "plugin API 1" in problem
+
+
+def test_a_plugin_built_for_another_plugin_api_is_refused_by_name():
+    from herd_kernel.plugins import PluginError
+
+    class Future:
+        PLUGIN_API = 2
+
+        @hookimpl
+        def herd_settings(self):
+            return ()
+
+    host = PluginHost(load_entry_points=False)
+    with pytest.raises(PluginError, match="built for Herd plugin API 2"):
+        host.register(Future(), PluginInfo(name="signal-future", dist="herd-signal-future",
+                                           version="9.0", module="x"))
+    assert host.loaded == []
+
+
+def test_every_package_here_declares_the_kernel_it_was_built_for():
+    import tomllib
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    for pyproject in [*root.glob("plugins/*/pyproject.toml"), root / "plugin_template/pyproject.toml"]:
+        project = tomllib.loads(pyproject.read_text())["project"]
+        deps = [d for d in project.get("dependencies", ()) if d.startswith("herd-kernel")]
+        assert deps and ">=" in deps[0] and "<" in deps[0].split(",", 1)[-1], (
+            f"{pyproject.parent.name}: herd-kernel dependency {deps} has no range")
+
+
+def test_a_plugin_for_another_kernel_is_refused_before_its_code_is_imported(monkeypatch):
+    import herd_kernel.plugins as plugins
+
+    class Dist:
+        name, version = "herd-signal-next", "3.0"
+        requires = ["herd-kernel>=0.3,<0.4"]
+
+    class EntryPoint:
+        name, value, dist = "signal-next", "herd_signal_next", Dist()
+
+        def load(self):
+            raise AssertionError("imported a plugin built for another kernel")
+
+    monkeypatch.setattr(plugins.md, "entry_points", lambda group: [EntryPoint()])
+    host = PluginHost()
+    [failed] = host.failed
+    assert failed.name == "signal-next" and "herd-kernel >=0.3,<0.4" in failed.error
+    assert host.loaded == []
