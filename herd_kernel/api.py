@@ -255,9 +255,9 @@ class DemoFleet(Protocol):
     """A simulated fleet for ``herd --demo`` (``contrib/herd-sim`` provides one).
 
     ``start`` runs on the router once it listens: it starts ``nodes`` simulated machines, and for
-    each a node agent through ``await start_agent(ollama_url, node_id, **settings)`` (an agent in
-    the router's process, with the router's plugins, reporting to ``router_url``; ``settings``
-    are ``FLEET_NODE_*`` overrides). It returns an async callable that stops the machines; the
+    each a node agent through ``await start_agent(node_id, **settings)`` (an agent in the router's
+    process, with the router's plugins, reporting to ``router_url``; ``settings`` are
+    ``FLEET_NODE_*`` overrides, among them where the simulated machine's engine listens). It returns an async callable that stops the machines; the
     router stops the agents first.
     """
 

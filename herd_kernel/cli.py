@@ -20,7 +20,14 @@ import structlog
 
 from herd_kernel import __version__
 from herd_kernel.config import ROUTER_SETTINGS, Config, Setting, SettingError, resolve
-from herd_kernel.launch import load, on_signals, report_plugins, run_loop
+from herd_kernel.launch import (
+    add_setting_flags,
+    load,
+    on_signals,
+    report_plugins,
+    run_loop,
+    setting_flags,
+)
 from herd_kernel.logs import setup_logging
 from herd_kernel.plugins import PluginError, PluginHost
 
@@ -29,11 +36,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("herd.cli")
 
-LOCAL_OLLAMA = "http://127.0.0.1:11434"
-
-
 def _agent_settings() -> tuple[Setting, ...]:
-    """The node agent's settings: the router runs agents in its own process (for a local Ollama
+    """The node agent's settings: the router runs agents in its own process (for a local engine
     and for ``--demo``), so it reads them too. Imported when a command runs, never with the
     kernel."""
     from herd_node.settings import NODE_SETTINGS
@@ -46,7 +50,7 @@ def _agent_settings() -> tuple[Setting, ...]:
 
 def _router_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="herd", description="Herd router: one URL for every Ollama machine in the house."
+        prog="herd", description="Herd router: one URL for every AI engine in the house."
     )
     parser.add_argument("--version", "-V", action="version", version=f"herd {__version__}")
     parser.add_argument("--host", help="listen address (FLEET_HOST, default 0.0.0.0)")
@@ -56,9 +60,8 @@ def _router_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (FLEET_LOG_LEVEL)")
     parser.add_argument("--secret", help="fleet secret nodes must sign heartbeats with (FLEET_SECRET)")
     parser.add_argument("--no-local-node", action="store_true",
-                        help="do not start a node agent for a local Ollama")
-    parser.add_argument("--ollama-host", default=None,
-                        help=f"local Ollama to serve with a built-in agent (default {LOCAL_OLLAMA})")
+                        help="do not start a node agent for the engines on this machine")
+    add_setting_flags(parser, _agent_settings())  # e.g. where this machine's engine listens
     parser.add_argument("--demo", action="store_true",
                         help="also start a simulated fleet (herd-sim) with a node agent each")
     parser.add_argument("--demo-nodes", type=int, default=3, help="simulated nodes for --demo")
@@ -95,6 +98,7 @@ def _router_parser() -> argparse.ArgumentParser:
 def herd_main(argv: Sequence[str] | None = None) -> int:
     args = _router_parser().parse_args(argv)
     flags = {
+        **setting_flags(args, _agent_settings()),
         "FLEET_HOST": args.host,
         "FLEET_PORT": args.port,
         "FLEET_PLUGINS": getattr(args, "plugins_sub", None) or args.plugins,
@@ -316,13 +320,14 @@ async def _serve_router(
               "  `herd nodes approve ID` admits one, `herd enroll` admits new ones for a while.",
               file=sys.stderr)
     try:
-        ollama = args.ollama_host or LOCAL_OLLAMA
         if not args.no_local_node:
-            if await _ollama_answers(ollama):
-                print(f"  local Ollama at {ollama}: adding this machine as a node", file=sys.stderr)
-                background.append(await _start_agent(host, config, local, ollama, None))
+            engines = await _local_engines(host, config)
+            if engines:
+                print(f"  {', '.join(engines)} on this machine: adding it as a node",
+                      file=sys.stderr)
+                background.append(await _start_agent(host, config, local, None))
             else:
-                print(f"  no Ollama answered at {ollama}; this machine is not a node.", file=sys.stderr)
+                print("  no engine answered on this machine; it is not a node.", file=sys.stderr)
                 if demo is None:
                     print("  try `herd --demo` for a simulated fleet, or add machines with\n"
                           f"  `herd-node --router-url http://<this machine>:{port}`", file=sys.stderr)
@@ -343,24 +348,35 @@ async def _serve_router(
     return 0
 
 
-async def _ollama_answers(url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1.5)) as http:
-            async with http.get(f"{url.rstrip('/')}/api/version") as response:
-                body = await response.json(content_type=None)
-                return response.status == 200 and isinstance(body, dict) and "version" in body
-    except (aiohttp.ClientError, TimeoutError, ValueError, OSError):
-        return False
+async def _local_engines(host: PluginHost, config: Config) -> list[str]:
+    """The engines the backends' node probes find on this machine, as the built-in agent would
+    report them ("ollama 0.12.3 at http://127.0.0.1:11434")."""
+    from herd_kernel.api import NodeContext
+
+    found: list[str] = []
+    async with aiohttp.ClientSession() as http:
+        ctx = NodeContext(config=config, node_id="local", http=http, budget=1.5)
+        for backend in host.backends(config):
+            try:
+                fragment = await asyncio.wait_for(backend.probe(ctx), 2.0)
+            except Exception as exc:  # noqa: BLE001 - a probe that fails finds nothing
+                log.debug("local probe failed", backend=backend.name, error=repr(exc))
+                continue
+            for endpoint in (fragment or {}).get("endpoints", ()):
+                if isinstance(endpoint, dict) and endpoint.get("healthy"):
+                    name = endpoint.get("engine") or endpoint.get("kind") or backend.name
+                    version = f" {endpoint['version']}" if endpoint.get("version") else ""
+                    found.append(f"{name}{version} at {endpoint.get('url')}")
+    return found
 
 
 async def _start_agent(
-    host: PluginHost, config: Config, router_url: str, ollama: str, node_id: str | None,
-    **extra: Any,
+    host: PluginHost, config: Config, router_url: str, node_id: str | None, **extra: Any,
 ) -> Callable[[], Any]:
     from herd_node.agent import NodeAgent  # the one place the kernel starts an agent
 
-    # an agent inside the router's process reaches its Ollama directly: no LAN proxy
-    overrides: dict[str, Any] = {"router_url": router_url, "ollama_host": ollama,
+    # an agent inside the router's process reaches its engines directly: no LAN proxy
+    overrides: dict[str, Any] = {"router_url": router_url,
                                  "FLEET_NODE_SECRET": config["FLEET_SECRET"],
                                  "FLEET_NODE_LAN_PROXY": "off", **extra}
     if node_id:
@@ -395,8 +411,8 @@ async def _start_demo(
     """Start the demo's simulated machines, and an agent in this process in front of each."""
     agents: list[Callable[[], Any]] = []
 
-    async def start_agent(ollama_url: str, node_id: str, **settings: Any) -> None:
-        agents.append(await _start_agent(host, config, router_url, ollama_url, node_id, **settings))
+    async def start_agent(node_id: str, **settings: Any) -> None:
+        agents.append(await _start_agent(host, config, router_url, node_id, **settings))
 
     async def stop_agents() -> None:
         for closer in reversed(agents):

@@ -27,6 +27,10 @@ class Setting:
     scope: Scope = "router"
     # read this variable instead when ``env`` is not set (FLEET_NODE_SECRET -> FLEET_SECRET)
     fallback: str | None = None
+    # a command-line flag for it (``--ollama-host``) on the commands of its scope; ``repeat``:
+    # the flag may be given several times, its values joined with commas
+    flag: str = ""
+    repeat: bool = False
 
     @property
     def key(self) -> str:

@@ -5,6 +5,7 @@ SIGINT or SIGTERM.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import signal
@@ -35,6 +36,25 @@ def load(
     if clash:
         raise PluginError(f"plugins re-declare kernel settings: {', '.join(clash)}")
     return host, resolve((*specs, *plugin_specs), environ, flags)
+
+
+def add_setting_flags(parser: argparse.ArgumentParser, specs: Iterable[Setting]) -> None:
+    """Command-line flags for the settings that declare one (``Setting.flag``)."""
+    for spec in specs:
+        if spec.flag:
+            parser.add_argument(spec.flag, dest=spec.env, default=None,
+                                action="append" if spec.repeat else "store",
+                                help=f"{spec.help} ({spec.env})")
+
+
+def setting_flags(args: argparse.Namespace, specs: Iterable[Setting]) -> dict[str, Any]:
+    """The values ``add_setting_flags``' flags were given, by variable name."""
+    flags: dict[str, Any] = {}
+    for spec in specs:
+        value = getattr(args, spec.env, None) if spec.flag else None
+        if value is not None:
+            flags[spec.env] = ",".join(value) if spec.repeat else value
+    return flags
 
 
 def report_plugins(host: PluginHost, prog: str) -> None:

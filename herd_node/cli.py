@@ -11,8 +11,15 @@ import sys
 from collections.abc import Sequence
 
 from herd_kernel import __version__
-from herd_kernel.config import ROUTER_SETTINGS, Config, SettingError
-from herd_kernel.launch import load, on_signals, report_plugins, run_loop
+from herd_kernel.config import ROUTER_SETTINGS, Config, SettingError, parse_value
+from herd_kernel.launch import (
+    add_setting_flags,
+    load,
+    on_signals,
+    report_plugins,
+    run_loop,
+    setting_flags,
+)
 from herd_kernel.logs import setup_logging
 from herd_kernel.plugins import PluginError, PluginHost
 from herd_node.settings import NODE_SETTINGS
@@ -24,10 +31,6 @@ def _node_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", "-V", action="version", version=f"herd-node {__version__}")
     parser.add_argument("--router-url", help="router URL (FLEET_NODE_ROUTER_URL); empty = discover")
-    parser.add_argument("--ollama-host", help="local Ollama URL (FLEET_NODE_OLLAMA_HOST)")
-    parser.add_argument("--openai-url", action="append", metavar="URL",
-                        help="an OpenAI-compatible engine on this machine (llama.cpp, vLLM, LM "
-                        "Studio, mlx_lm); repeatable (FLEET_NODE_OPENAI_URLS)")
     parser.add_argument("--node-id", help="this node's name (FLEET_NODE_NODE_ID, default host name)")
     parser.add_argument("--heartbeat-interval", type=float, help="seconds between heartbeats")
     parser.add_argument("--secret", help="the router's fleet secret (FLEET_NODE_SECRET)")
@@ -38,11 +41,14 @@ def _node_parser() -> argparse.ArgumentParser:
 
 
 def node_main(argv: Sequence[str] | None = None) -> int:
-    args = _node_parser().parse_args(argv)
+    parser = _node_parser()
+    add_setting_flags(parser, NODE_SETTINGS)
+    # plugins declare flags too (``Setting.flag``): read what is known now, the rest once the
+    # selected plugins are loaded
+    args, _rest = parser.parse_known_args(argv)
     flags = {
+        **setting_flags(args, NODE_SETTINGS),
         "FLEET_NODE_ROUTER_URL": args.router_url,
-        "FLEET_NODE_OLLAMA_HOST": args.ollama_host,
-        "FLEET_NODE_OPENAI_URLS": ",".join(args.openai_url) if args.openai_url else None,
         "FLEET_NODE_NODE_ID": args.node_id,
         "FLEET_NODE_HEARTBEAT_INTERVAL": args.heartbeat_interval,
         "FLEET_NODE_PLUGINS": args.plugins,
@@ -54,9 +60,17 @@ def node_main(argv: Sequence[str] | None = None) -> int:
         # the router's settings too: a plugin may read one (a timeout) on either side
         host, config = load((*ROUTER_SETTINGS, *NODE_SETTINGS), flags, "FLEET_NODE_PLUGINS")
     except (SettingError, PluginError) as exc:
-        if args.openai_url and "FLEET_NODE_OPENAI_URLS" in str(exc):
-            exc = SettingError("--openai-url needs the backend-openai plugin "
-                               "(herd-backend-openai), which is not installed or not selected")
+        print(f"herd-node: {exc}", file=sys.stderr)
+        return 2
+    plugin_specs = [s for s in host.settings() if s.flag]
+    add_setting_flags(parser, plugin_specs)
+    try:
+        # now strict: a flag no loaded plugin declares is an error (argparse exits with 2)
+        extra = setting_flags(parser.parse_args(argv), plugin_specs)
+        config = config.with_overrides(**{
+            spec.env: parse_value(spec, extra[spec.env]) for spec in plugin_specs
+            if spec.env in extra})
+    except SettingError as exc:
         print(f"herd-node: {exc}", file=sys.stderr)
         return 2
     setup_logging(config["FLEET_NODE_LOG_LEVEL"], config["FLEET_NODE_DATA_DIR"], "herd-node.jsonl")

@@ -23,6 +23,7 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         default="http://localhost:11434",
         help="The local Ollama this agent describes and serves.",
         scope="node",
+        flag="--ollama-host",
     ),
     Setting(
         env="FLEET_NODE_NODE_ID",

@@ -121,7 +121,8 @@ def test_the_template_is_a_standalone_package_not_a_workspace_member():
     thermal = tomllib.loads((ROOT / "plugins/herd-signal-thermal/pyproject.toml").read_text())
     root = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert project["project"]["name"] == "herd-signal-example"
-    assert project["project"]["dependencies"] == ["herd-kernel"]
+    # the kernel releases it was built for (issue 11: every plugin declares its range)
+    assert project["project"]["dependencies"] == ["herd-kernel>=0.1,<0.2"]
     assert project["project"]["entry-points"]["herd"] == {"signal-example": "herd_signal_example"}
     # built the same way as the in-tree plugins ...
     assert project["build-system"] == thermal["build-system"]

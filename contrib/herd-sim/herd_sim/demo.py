@@ -37,7 +37,7 @@ class SimDemo:
                 if "FLEET_NODE_OLLAMA_NUM_PARALLEL" in self.config:
                     # what the simulated machine's OLLAMA_NUM_PARALLEL would make its agent say
                     settings["FLEET_NODE_OLLAMA_NUM_PARALLEL"] = node.profile.num_parallel
-                await start_agent(node.url, name, **settings)
+                await start_agent(name, FLEET_NODE_OLLAMA_HOST=node.url, **settings)
                 print(f"  simulated node {name} at {node.url}", file=sys.stderr)
         except BaseException:
             await fleet.stop()

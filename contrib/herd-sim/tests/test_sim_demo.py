@@ -16,7 +16,8 @@ async def test_demo_starts_machines_with_agents_that_describe_them(herd_router, 
     [demo] = host.demo_fleets(make_config(host))
     started: dict[str, str] = {}
 
-    async def start_agent(ollama_url, node_id, **settings):
+    async def start_agent(node_id, **settings):
+        ollama_url = settings.pop("FLEET_NODE_OLLAMA_HOST")
         started[node_id] = ollama_url
         await herd_agent(router.url, ollama_url, node_id, plugins=PLUGINS,
                          env={env: str(value) for env, value in settings.items()})

@@ -24,7 +24,7 @@ SETTINGS = (
             help="OpenAI-compatible engines on this machine (llama.cpp's llama-server, vLLM, LM "
             "Studio, mlx_lm.server), comma-separated base URLs, e.g. "
             "http://127.0.0.1:8080,http://127.0.0.1:8000. Each is reported in every heartbeat, "
-            "unhealthy while it does not answer."),
+            "unhealthy while it does not answer.", flag="--openai-url", repeat=True),
     Setting(env="FLEET_NODE_OPENAI_PROBE", type=bool, default=False, scope="node",
             help="Also look for OpenAI-compatible engines on the usual local ports: 1234 (LM "
             "Studio), 8080 (llama.cpp, mlx_lm.server), 8000 (vLLM). A port where none answers "
