@@ -42,15 +42,22 @@ def _node_id(_inst: Any, _attribute: attrs.Attribute, value: str) -> None:
         raise ValueError("node_id must be 1-128 printable characters")
 
 
-_DEFAULT_HOST = "registry.ollama.ai"
-_DEFAULT_NAMESPACE = "library"
+# the registry a name without a host comes from, and the namespace a name without one is in:
+# names written with them are the same model as names written without. Backends whose engines
+# name models so register them (herd-api-formats: Ollama's registry.ollama.ai and library).
+_DEFAULTS: dict[str, str] = {}
+
+
+def register_default_registry(host: str, namespace: str) -> None:
+    """Fold ``host/namespace/model`` and ``namespace/model`` into ``model`` when matching."""
+    _DEFAULTS.setdefault(host.lower(), namespace.lower())
 
 
 def normalize_model(name: str) -> str:
-    """Ollama's matching key for a model name: lower-case, ``:latest`` when no tag is given, and
-    the default host and namespace dropped (``registry.ollama.ai/library/llama3.2`` and
-    ``library/llama3.2`` are ``llama3.2:latest``), as Ollama's ``model.ParseName`` fills them in
-    and compares whole names case-insensitively."""
+    """The matching key for a model name, as Ollama's ``model.ParseName`` fills names in and
+    compares them: lower-case, ``:latest`` when no tag is given, and a registered default
+    registry and namespace dropped (``registry.ollama.ai/library/llama3.2`` and
+    ``library/llama3.2`` are ``llama3.2:latest``)."""
     name = name.strip().lower()
     slash = name.rfind("/")
     if name.rfind(":") <= slash:  # a colon before the last slash is a host's port, not a tag
@@ -59,9 +66,10 @@ def normalize_model(name: str) -> str:
         return name  # the common case: a bare model name
     rest, model = name[:slash], name[slash + 1:]
     host, _, namespace = rest.rpartition("/")
-    host = host.partition("://")[2] or host  # Ollama accepts a scheme before the host
-    if host in ("", _DEFAULT_HOST):
-        return model if namespace == _DEFAULT_NAMESPACE else f"{namespace}/{model}"
+    host = host.partition("://")[2] or host  # a scheme may come before the host
+    if host == "" or host in _DEFAULTS:  # the default registry, written or implied
+        default = _DEFAULTS[host] if host else next(iter(_DEFAULTS.values()), None)
+        return model if namespace == default else f"{namespace}/{model}"
     return f"{host}/{namespace}/{model}"
 
 

@@ -9,6 +9,7 @@ import os
 import re
 from typing import Any
 
+from herd_kernel.models import register_default_registry
 from herd_kernel.wire import Dialect, http_fault, register_dialect
 
 _OPENAI_TYPES = {400: "invalid_request_error", 404: "not_found_error", 401: "authentication_error"}
@@ -115,7 +116,9 @@ ANTHROPIC = Dialect(name="anthropic", error_body=_anthropic_error,
 
 
 def register() -> None:
-    """Make the three dialects known to the kernel, with the paths that speak each."""
+    """Make the three dialects known to the kernel, with the paths that speak each, and Ollama's
+    model names: ``registry.ollama.ai/library/x`` is ``x``."""
+    register_default_registry("registry.ollama.ai", "library")
     register_dialect(ANTHROPIC, paths=("/v1/messages",))
     register_dialect(OPENAI, prefixes=("/v1/",))
     register_dialect(OLLAMA, paths=("/",), prefixes=("/api/",))
