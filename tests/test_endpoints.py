@@ -252,3 +252,24 @@ async def test_one_node_routes_to_the_endpoint_on_the_url_it_was_told(fleet):
     assert status == 400 and json.loads(body) == {"error": "no model nope"}
     assert headers["X-Fleet-Retries"] == "0"
     await wait_for(lambda: router.services.recent_traces[-1].status == "failed")
+
+
+class StatusWatcher:
+    def __init__(self) -> None:
+        self.changes: list[tuple[str, str | None, str]] = []
+
+    @hookimpl
+    def herd_node_status_changed(self, node_id: str, old: str | None, new: str) -> None:
+        self.changes.append((node_id, old, new))
+
+
+async def test_plugins_hear_every_node_status_change(herd_router, aiohttp_server):
+    watcher = StatusWatcher()
+    router = await herd_router(plugins="backend-ollama", extra=[watcher])
+    ollama = await fake_ollama(aiohttp_server)
+    url = str(ollama.make_url("")).rstrip("/")
+    assert (await post(router.url, "/heartbeat", heartbeat_payload("n", url=url)))[0] == 200
+    assert (await post(router.url, "/heartbeat", heartbeat_payload("n", url=url)))[0] == 200
+    gone = {**heartbeat_payload("n", url=url), "draining": True}
+    assert (await post(router.url, "/heartbeat", gone))[0] == 200
+    assert watcher.changes == [("n", None, "online"), ("n", "online", "offline")]

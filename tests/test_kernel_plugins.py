@@ -208,3 +208,57 @@ def test_a_plugin_for_another_kernel_is_refused_before_its_code_is_imported(monk
     [failed] = host.failed
     assert failed.name == "signal-next" and "herd-kernel >=0.3,<0.4" in failed.error
     assert host.loaded == []
+
+
+# --- the registration hooks that have no engine behind them yet ---------------------------------
+
+
+class ChecksAndPanels:
+    class Offline:
+        id = "offline-nodes"
+        title = "Offline nodes"
+
+        def evaluate(self, snapshot):
+            from herd_kernel.api import Finding
+
+            return [Finding(check_id=self.id, severity="warning", title="node n is offline",
+                            detail="silent for 40 s", node_id=n["node_id"])
+                    for n in snapshot["nodes"] if n["status"] == "offline"]
+
+    @hookimpl
+    def herd_health_checks(self, config):
+        return [self.Offline()]
+
+    @hookimpl
+    def herd_dashboard_panels(self, config):
+        from herd_kernel.api import Panel
+
+        return [Panel(id="trends", title="Trends", order=20),
+                Panel(id="overview", title="Fleet Overview", order=10)]
+
+
+def test_health_checks_and_panels_are_collected_checked_and_ordered():
+    host = PluginHost(load_entry_points=False)
+    host.register(ChecksAndPanels())
+    config = make_config(host)
+    [check] = host.health_checks(config)
+    findings = check.evaluate({"nodes": [{"node_id": "a", "status": "offline"},
+                                         {"node_id": "b", "status": "online"}]})
+    assert [(f.check_id, f.node_id, f.severity) for f in findings] == [
+        ("offline-nodes", "a", "warning")]
+    assert [p.id for p in host.panels(config)] == ["overview", "trends"]  # by order
+
+
+def test_a_health_check_without_evaluate_is_refused_by_name():
+    class Broken:
+        @hookimpl
+        def herd_health_checks(self, config):
+            class NoEvaluate:
+                id = "x"
+
+            return [NoEvaluate()]
+
+    host = PluginHost(load_entry_points=False)
+    host.register(Broken(), PluginInfo(name="health-broken", dist="d", version="0", module="m"))
+    with pytest.raises(PluginError, match="health-broken"):
+        host.health_checks(make_config(host))
