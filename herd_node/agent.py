@@ -30,6 +30,8 @@ from herd_node import proxy
 
 log = structlog.get_logger("herd.node")
 
+_FIRST_RETRY_S = 0.25  # after a failed heartbeat; doubled per failure up to the interval
+
 
 class NodeAgent:
     side = "node"  # herd_startup / herd_shutdown receive this agent as their NodeAPI
@@ -228,13 +230,19 @@ class NodeAgent:
             next_tick = loop.time()
             while not self._stopping.is_set():
                 payload = await self.collect()
-                await self.send(payload)
+                sent = await self.send(payload)
                 # fixed rate: the next beat is due one interval after the last was due, however
                 # long this one took; beats that are already overdue are skipped, not bunched
                 next_tick += self.interval
                 now = loop.time()
                 if next_tick < now:
                     next_tick = now + self.interval - ((now - next_tick) % self.interval)
+                if sent is None:
+                    # the router is not there (yet: both start at boot; or it restarts): try again
+                    # soon, backing off to the interval, so the node is routable within a moment
+                    # of the router answering rather than a whole interval later
+                    retry = min(self.interval, _FIRST_RETRY_S * 2 ** min(self.failures - 1, 8))
+                    next_tick = min(next_tick, now + retry)
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=next_tick - now)
                 except TimeoutError:

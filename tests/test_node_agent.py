@@ -142,3 +142,33 @@ async def test_agent_rides_out_an_ollama_restart(herd_router, herd_agent):
         await wait_for(lambda: state.heartbeat.endpoints[0].healthy and state.available)
     finally:
         await node.stop()
+
+
+async def test_an_agent_started_before_its_router_joins_soon_after_it_answers(
+        tmp_path, unused_tcp_port):
+    """Both start at boot: a failed heartbeat is retried after 0.25 s, backing off to the
+    interval, so the node is routable a moment after the router answers, not an interval later
+    (the interval here is 60 s; the wait below gives up long before it)."""
+    url = f"http://127.0.0.1:{unused_tcp_port}"
+    agent = agent_for(url, tmp_path, plugins="backend-ollama", interval=60)
+    task = asyncio.create_task(agent.run())
+    from aiohttp import web
+
+    from herd_kernel.app import SERVICES, create_app
+    try:
+        await wait_for(lambda: agent.failures >= 1, timeout=10)
+        host = make_host("backend-ollama")
+        app = create_app(make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "r")}), host)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+        try:
+            await wait_for(lambda: "n1" in app[SERVICES].fleet.nodes, timeout=15)
+            await wait_for(lambda: agent.heartbeats_sent == 1)
+        finally:
+            agent.stop()
+            await task
+            await runner.cleanup()
+    finally:
+        agent.stop()
+        await asyncio.gather(task, return_exceptions=True)
