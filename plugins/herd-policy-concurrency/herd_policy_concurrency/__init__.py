@@ -26,6 +26,7 @@ SETTINGS = (
 
 COLD_HEADROOM = 1.5  # free memory, as a multiple of the model's size, for a parallel cold load
 MIN_TOKENS = 8  # shorter answers say too little about the time per token
+KEY = "concurrency"  # the policy's name, and its key in ``lane.state``
 
 
 class ConcurrencyTuner:
@@ -99,22 +100,29 @@ def embedding_only(node: NodeState, model: str) -> bool:
         and "completion" not in available.capabilities
 
 
-class ConcurrencyRules:
-    """The fixed rules: Ollama loads embedding models with one slot, and a cold load on a machine
-    short of memory starts one request at a time."""
+def narrowed(node: NodeState, model: str, limit: int) -> int:
+    """``limit`` after the fixed rules: Ollama loads embedding models with one slot, and a cold
+    load on a machine short of memory starts one request at a time."""
+    if limit <= 1:
+        return limit
+    if model not in node.loaded:
+        memory = node.heartbeat.memory
+        available = node.available.get(model)
+        size_gb = available.size_bytes / 2**30 if available is not None else 0.0
+        if memory.pressure != "normal" or memory.available_gb < size_gb * COLD_HEADROOM:
+            return 1
+    if embedding_only(node, model):
+        return 1
+    return limit
 
-    name = "concurrency"
+
+class ConcurrencyRules:
+    """The fixed rules alone (``narrowed``), when the tuner is turned off."""
+
+    name = KEY
 
     def limit(self, node: NodeState, lane: LaneView, limit: int) -> int:
-        if limit > 1 and lane.model not in node.loaded:
-            memory = node.heartbeat.memory
-            available = node.available.get(lane.model)
-            size_gb = available.size_bytes / 2**30 if available is not None else 0.0
-            if memory.pressure != "normal" or memory.available_gb < size_gb * COLD_HEADROOM:
-                return 1
-        if limit > 1 and embedding_only(node, lane.model):
-            return 1
-        return limit
+        return narrowed(node, lane.model, limit)
 
 
 class AdaptiveConcurrency(ConcurrencyRules):
@@ -122,8 +130,9 @@ class AdaptiveConcurrency(ConcurrencyRules):
     ``lane.state["concurrency"]``), fed by every completed request with enough tokens."""
 
     def limit(self, node: NodeState, lane: LaneView, limit: int) -> int:
-        limit = super().limit(node, lane, limit)
-        tuner = lane.state.get(self.name)
+        # once per request: the rules and one dict lookup, no more
+        limit = narrowed(node, lane.model, limit)
+        tuner = lane.state.get(KEY)
         if tuner is not None and tuner.cap is not None and tuner.cap < limit:
             return tuner.cap
         return limit
@@ -138,13 +147,13 @@ class AdaptiveConcurrency(ConcurrencyRules):
         lane = slot.lane
         # requests running beside this one, on average over its life, itself included
         concurrency = (lane.busy_integral(now) - slot.busy_start) / elapsed
-        tuner = lane.state.get(self.name)
+        tuner = lane.state.get(KEY)
         if tuner is None:
-            tuner = lane.state[self.name] = ConcurrencyTuner()
+            tuner = lane.state[KEY] = ConcurrencyTuner()
         tuner.observe(concurrency, elapsed * 1000 / completion_tokens)
 
     def describe(self, lane: LaneView) -> Mapping[str, Any]:
-        tuner = lane.state.get(self.name)
+        tuner = lane.state.get(KEY)
         return {"throughput_gain": tuner.gain() if tuner is not None else None}
 
 
