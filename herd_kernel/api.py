@@ -7,7 +7,7 @@ kernel can change inside without breaking plugins.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from attrs import field, frozen
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from herd_kernel.config import Config
     from herd_kernel.fleet import Fleet
+    from herd_kernel.scoring import Decision, NoRoute
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -312,3 +313,118 @@ class Panel:
 @runtime_checkable
 class Named(Protocol):
     name: str
+
+
+# --- lane policies -----------------------------------------------------------------------------
+
+
+class LaneView(Protocol):
+    """One ``node:model`` lane as a policy sees it (``herd_kernel.fleet.Lane``). ``waiting``
+    holds the lane's waiters, oldest first; ``state`` is the policies' own per-lane store (key it
+    by the policy's name): it goes when the lane goes."""
+
+    node_id: str
+    model: str  # normalized name
+    limit: int
+    in_flight: int
+    waiting: Sequence[WaiterView]
+    state: dict[str, Any]
+
+    @property
+    def pending(self) -> int: ...
+
+    def busy_integral(self, now: float) -> float:
+        """Request-seconds run in the lane up to ``now`` (monotonic)."""
+        ...
+
+
+class WaiterView(Protocol):
+    """A request waiting in a lane (``herd_kernel.queues.Ticket``)."""
+
+    route: RouteRequest
+    exclude: Collection[str]  # nodes that already failed this request
+    since: float  # event-loop time it started waiting
+    decision: Decision | NoRoute | None  # in a lane: the ``Decision`` that put it there
+    lane: LaneView | None
+
+
+class SlotView(Protocol):
+    """A running request's place in a lane (``herd_kernel.queues.Slot``)."""
+
+    lane: LaneView
+    started: float  # monotonic
+    busy_start: float  # the lane's ``busy_integral`` when it started
+
+
+class QueueView(Protocol):
+    """What a lane policy may read of the queue, and ask of it (``queues.QueueManager``)."""
+
+    waiting_lanes: Collection[LaneView]  # lanes with requests waiting
+
+    @property
+    def nodes(self) -> Mapping[str, NodeState]: ...
+
+    def lane(self, node_id: str, model: str) -> LaneView: ...
+
+    def servable(self, node: NodeState) -> bool:
+        """The node can take requests now (online, admitted, not paused or draining)."""
+        ...
+
+    def refresh_limit(self, node: NodeState, lane: LaneView) -> int:
+        """The lane's limit, worked out again (every policy's ``limit`` included) and stored."""
+        ...
+
+    def choose(self, route: RouteRequest, model: str, exclude: Collection[str] = (),
+               only: str | None = None) -> Decision | NoRoute:
+        """Score ``route`` for ``model`` as the router would (a ``Decision`` or ``NoRoute``);
+        ``only`` restricts it to one node. Pure: nothing is reserved."""
+        ...
+
+    def move(self, waiter: WaiterView, decision: Decision) -> None:
+        """Take ``waiter`` out of its lane and give it a slot where ``decision`` says, at once
+        (the lane there must have a free slot); counted, and announced as a ``rebalanced``
+        event."""
+        ...
+
+    def warm(self, decision: Decision, *, behind: str, waiting: int) -> bool:
+        """Load ``decision.model`` on ``decision.node`` ahead of demand, in the background (a
+        ``prewarm`` event names the node it helps, ``behind``, and how many wait there). False
+        when that ``node:model`` is already warming or was tried in the last minute, or the
+        router cannot warm."""
+        ...
+
+
+class LanePolicy(Protocol):
+    """Tunes the queue: lane limits, pre-warming, moving waiters. Every callback is optional: the
+    kernel looks once, at start-up, at which ones a policy defines, and calls only those, in
+    plugin order. Callbacks are synchronous, run on the event loop and must be quick; ``limit``
+    and ``finished`` run once per request. A callback that raises is logged once and skipped;
+    the queue goes on as if the policy had not been asked.
+
+    - ``limit(node, lane, limit) -> int``: the lane's limit given the one worked out so far
+      (the engine's parallelism, capped); the kernel keeps the result at 1 or more.
+    - ``finished(slot, ok, completion_tokens)``: a request ended (``ok`` True: completed, False:
+      failed, None: given back unused).
+    - ``waiting(queue, waiter)``: a request joined a lane's line.
+    - ``pump(queue)``: a pass of the pump while requests wait, after freed slots were given out
+      (on completions, fleet changes and the periodic pass).
+    - ``tick(queue)``: the periodic pass, every ``FLEET_REBALANCE_INTERVAL`` seconds.
+    - ``describe(lane) -> Mapping``: extra fields for the lane in ``/fleet/queue``.
+    """
+
+    name: str
+
+    def limit(self, node: NodeState, lane: LaneView, limit: int) -> int: ...
+
+    def finished(self, slot: SlotView, ok: bool | None, completion_tokens: int | None) -> None: ...
+
+    def waiting(self, queue: QueueView, waiter: WaiterView) -> None: ...
+
+    def pump(self, queue: QueueView) -> None: ...
+
+    def tick(self, queue: QueueView) -> None: ...
+
+    def describe(self, lane: LaneView) -> Mapping[str, Any]: ...
+
+
+LANE_POLICY_CALLBACKS = ("limit", "finished", "waiting", "pump", "tick", "describe")

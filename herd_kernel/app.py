@@ -92,7 +92,8 @@ class Services:
             retention_days=config["FLEET_TRACE_RETENTION_DAYS"],
         )
         self.scorer = Scorer(self.fleet, self.signals, config, self.latency, self.refuses)
-        self.queues = QueueManager(self.fleet, self.scorer, config, warm=self.warm, event=self.event)
+        self.queues = QueueManager(self.fleet, self.scorer, config, warm=self.warm,
+                                   event=self.event, policies=host.lane_policies(config))
         self.pipeline = Pipeline(config, self.fleet, self.scorer, self.queues, self.record,
                                  self.upstream_headers)
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)

@@ -376,25 +376,12 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         help="Upper bound on any node:model's concurrency, whatever the node reports.",
     ),
     Setting(
-        env="FLEET_ADAPTIVE_CONCURRENCY",
-        type=bool,
-        default=True,
-        help="Lower a node:model's concurrency when running requests side by side stops raising "
-        "its throughput (measured per token), and raise it back when it helps again.",
-    ),
-    Setting(
         env="FLEET_REBALANCE_INTERVAL",
         type=float,
         default=5.0,
-        help="Seconds between passes of the rebalancer, the reaper and the holding queue's re-score "
-        "(all three also act at once on heartbeats and completions).",
-    ),
-    Setting(
-        env="FLEET_PREWARM_DEPTH",
-        type=int,
-        default=2,
-        help="Requests waiting on one node:model that make the router load the model on the "
-        "runner-up node, so the next requests find it hot. 0 turns pre-warming off.",
+        help="Seconds between periodic passes of the queue: the reaper, the holding queue's "
+        "re-score, the rebalancer and the lane policies' tick such as pre-warming (all but the "
+        "reaper also act at once on heartbeats and completions).",
     ),
     Setting(
         env="FLEET_STALE_TIMEOUT",

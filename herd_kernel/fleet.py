@@ -77,7 +77,7 @@ class Lane:
     through lanes; the scorer reads ``in_flight`` and ``pending``."""
 
     __slots__ = ("node_id", "model", "limit", "in_flight", "waiting", "completed", "failed",
-                 "reaped", "moved", "abandoned", "tuner", "busy_area", "busy_at")
+                 "reaped", "moved", "abandoned", "state", "busy_area", "busy_at")
 
     def __init__(self, node_id: str, model: str) -> None:
         self.node_id = node_id
@@ -90,7 +90,7 @@ class Lane:
         self.reaped = 0  # in flight with no progress past the stale timeout, cleared by the reaper
         self.moved = 0  # waiting requests the rebalancer sent to another node
         self.abandoned = 0  # clients that left while waiting here
-        self.tuner: Any = None
+        self.state: dict[str, Any] = {}  # lane policies' own, by policy name
         # the integral of in_flight over time, so a request's mean concurrency is a subtraction
         self.busy_area = 0.0
         self.busy_at = time.monotonic()

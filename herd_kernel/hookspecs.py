@@ -19,6 +19,7 @@ if TYPE_CHECKING:
         DemoFleet,
         Discovery,
         HealthCheck,
+        LanePolicy,
         NodeAPI,
         Panel,
         RouterAPI,
@@ -139,4 +140,17 @@ class HerdSpec:
         owner revokes a node or a long-silent one is forgotten).
 
         Called on the router's event loop right after the change; must be quick.
+        """
+
+    @hookspec
+    def herd_lane_policies(self, config: Config) -> Sequence[LanePolicy]:
+        """Register lane policies: how the queue tunes itself (router).
+
+        Called once at router start. Return ``herd_kernel.api.LanePolicy`` objects. The queue
+        keeps the mechanism (lanes, slots, waiting, the holding queue, the pump, the reaper) and
+        calls each policy's callbacks directly, in plugin order: ``limit`` narrows a lane's
+        concurrency, ``finished`` learns from each request, ``waiting``/``pump``/``tick`` may ask
+        the ``QueueView`` to ``warm`` a model or ``move`` a waiter. Callbacks are optional (only
+        those a policy defines are called) and must be quick; one that raises is logged once and
+        skipped. Policy names must be unique.
         """

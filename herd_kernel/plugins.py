@@ -241,6 +241,10 @@ class PluginHost:
         pairs = self._collect("herd_health_checks", None, ("id", "evaluate"), config=config)
         return self._unique("herd_health_checks", pairs, "id")
 
+    def lane_policies(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_lane_policies", None, ("name",), config=config)
+        return self._unique("herd_lane_policies", pairs, "name")
+
     def panels(self, config: Config) -> list[Any]:
         pairs = self._collect("herd_dashboard_panels", None, ("id", "title"), config=config)
         return sorted(self._unique("herd_dashboard_panels", pairs, "id"), key=lambda p: (p.order, p.id))
@@ -285,6 +289,7 @@ class PluginHost:
             "health checks": ("herd_health_checks", "id", {"config": config}),
             "panels": ("herd_dashboard_panels", "id", {"config": config}),
             "demo": ("herd_demo_fleet", "name", {"config": config}),
+            "lane policies": ("herd_lane_policies", "name", {"config": config}),
         }
         for info in self.loaded:
             plugin = self.pm.get_plugin(info.name)

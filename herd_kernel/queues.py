@@ -1,4 +1,4 @@
-"""Per ``node:model`` queues, the holding queue, pre-warming, the rebalancer and the zombie reaper.
+"""Per ``node:model`` queues, the holding queue, the zombie reaper, and the lane-policy calls.
 
 A request asks ``QueueManager.acquire`` for a place to run. It is scored; when the chosen
 ``node:model`` lane has a free slot and nobody waiting, it gets the slot at once (the fast path:
@@ -15,33 +15,32 @@ when the fleet changes (a heartbeat, a status change, a model the router loaded)
 - gives freed slots to their lanes' oldest live waiters (a waiter whose client has gone is
   dropped, never dispatched);
 - re-scores the waiters of lanes whose node can no longer serve;
-- moves waiters from saturated lanes to nodes where the model is hot and slots are free (the
-  rebalancer);
+- lets the lane policies' ``pump`` move waiters (the rebalancer plugin does);
 - re-scores the holding queue.
 
 The periodic pass also reaps in-flight requests that relayed nothing for ``FLEET_STALE_TIMEOUT``
-and pre-warms: when ``FLEET_PREWARM_DEPTH`` requests wait on one lane, the runner-up node loads
-the model so the next requests (and the rebalancer) find it hot.
+and calls the policies' ``tick`` (the pre-warm plugin does).
 
 A lane's concurrency comes from the node's ``OLLAMA_NUM_PARALLEL`` (or ``FLEET_DEFAULT_CONCURRENCY``
-when it does not say), is 1 for embedding-only models (Ollama runs them one at a time) and for
-cold loads under memory pressure, and is lowered by a ``ConcurrencyTuner`` when running requests
-side by side stops paying.
+when it does not say), capped, then narrowed by the policies' ``limit`` (embedding-only models,
+cold loads short of memory, the throughput tuner: ``herd-policy-concurrency``). Policy is in
+plugins (``herd_lane_policies``); this module calls only the callbacks each policy defines,
+worked out once, and a policy that raises is logged once and skipped.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import math
 import time
-from collections.abc import Awaitable, Callable, Collection
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import attrs
 import structlog
 from attrs import frozen
 
+from herd_kernel.api import LANE_POLICY_CALLBACKS
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, Lane
 from herd_kernel.models import NodeState, RouteRequest, normalize_model
@@ -50,7 +49,6 @@ from herd_kernel.scoring import Decision, NoRoute, Scorer, elimination_reason
 log = structlog.get_logger("herd.queues")
 
 Warm = Callable[[NodeState, str], Awaitable[str | None]]  # (node, model) -> error or None
-_COLD_HEADROOM = 1.5  # free memory, as a multiple of the model's size, for a parallel cold load
 _WARM_RETRY_S = 60.0  # a pre-warm of one node:model is not tried again sooner
 
 
@@ -111,87 +109,21 @@ class Ticket:
         self.held_timer: asyncio.TimerHandle | None = None  # set while in the holding queue
 
 
-class ConcurrencyTuner:
-    """Learns whether running a lane's requests side by side raises its throughput.
-
-    Each finished request gives its time per generated token, and how many requests ran in the lane
-    on average while it ran (itself included). Throughput at concurrency ``c`` is ``c / t_c``
-    against ``1 / t_1`` alone, so the gain is ``c * t_1 / t_c``. When, over enough samples, each
-    request beside the first adds less than ``MIN_GAIN_PER_REQUEST`` (10 %) of one request's
-    throughput (four at once giving less than 1.3 times the tokens per second of one), the cap
-    drops below the concurrency measured. Every ``PROBE_AFTER`` requests at the cap it rises by one
-    to look again (the node may have been busy with something else).
-    """
-
-    MIN_SAMPLES = 8
-    MIN_GAIN_PER_REQUEST = 0.1  # each request beside the first must add 10 % of one's throughput
-    PROBE_AFTER = 200
-    ALPHA = 0.2  # weight of a new sample in the moving averages
-
-    __slots__ = ("cap", "solo", "solo_n", "shared", "shared_n", "shared_at", "since_change")
-
-    def __init__(self) -> None:
-        self.cap: int | None = None  # None: no cap learned (the reported limit applies)
-        self.solo: float | None = None  # ms per token, running alone
-        self.solo_n = 0
-        self.shared: float | None = None  # ms per token, running with others
-        self.shared_n = 0
-        self.shared_at = 0.0  # mean concurrency of the shared samples
-        self.since_change = 0
-
-    def observe(self, concurrency: float, ms_per_token: float) -> None:
-        """``concurrency``: the mean number of requests running in the lane while this one ran."""
-        self.since_change += 1
-        if concurrency < 1.5:
-            self.solo = _ewma(self.solo, ms_per_token, self.ALPHA)
-            self.solo_n += 1
-        else:
-            self.shared = _ewma(self.shared, ms_per_token, self.ALPHA)
-            self.shared_at = _ewma(self.shared_at or None, concurrency, self.ALPHA)
-            self.shared_n += 1
-        if self.solo_n >= self.MIN_SAMPLES and self.shared_n >= self.MIN_SAMPLES:
-            assert self.solo is not None and self.shared is not None
-            gain = self.shared_at * self.solo / self.shared
-            if gain < 1 + self.MIN_GAIN_PER_REQUEST * (self.shared_at - 1):
-                self.cap = max(1, math.ceil(self.shared_at) - 1)
-                self._reset()
-                return
-        if self.cap is not None and self.since_change >= self.PROBE_AFTER:
-            self.cap += 1
-            self._reset()
-
-    def gain(self) -> float | None:
-        if self.solo is None or self.shared is None:
-            return None
-        return round(self.shared_at * self.solo / self.shared, 3)
-
-    def _reset(self) -> None:
-        self.shared = None
-        self.shared_n = 0
-        self.shared_at = 0.0
-        self.since_change = 0
-
-
-def _ewma(old: float | None, new: float, alpha: float) -> float:
-    return new if old is None else old + alpha * (new - old)
-
-
 class QueueManager:
     def __init__(self, fleet: Fleet, scorer: Scorer, config: Config, *,
                  warm: Warm | None = None,
-                 event: Callable[..., None] | None = None) -> None:
+                 event: Callable[..., None] | None = None,
+                 policies: Iterable[Any] = ()) -> None:
         self.fleet = fleet
         self.scorer = scorer
         self.hold_timeout = max(0.0, float(config["FLEET_HOLD_TIMEOUT"]))  # 0: no limit
         self.holding_timeout = max(0.0, float(config["FLEET_HOLDING_TIMEOUT"]))
         self.default_limit = max(1, int(config["FLEET_DEFAULT_CONCURRENCY"]))
         self.max_limit = max(1, int(config["FLEET_MAX_CONCURRENCY"]))
-        self.adaptive = bool(config["FLEET_ADAPTIVE_CONCURRENCY"])
         self.interval = max(0.01, float(config["FLEET_REBALANCE_INTERVAL"]))
-        self.prewarm_depth = int(config["FLEET_PREWARM_DEPTH"])
         self.stale_timeout = float(config["FLEET_STALE_TIMEOUT"])
         self.max_waiting = max(0, int(config["FLEET_MAX_QUEUE"]))
-        self.warm = warm
+        self._warm = warm
         self.event = event or (lambda kind, **fields: None)
         self.held: list[Ticket] = []
         self.waiting_lanes: set[Lane] = set()
@@ -206,6 +138,20 @@ class QueueManager:
         self.full_total = 0
         self._pump_handle: asyncio.Handle | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.policies = list(policies)
+        # callback -> [(policy name, bound method)], only for the policies that define it, so a
+        # callback no policy wants costs one falsy check on the hot path
+        calls: dict[str, list[tuple[str, Callable[..., Any]]]] = {}
+        for callback in LANE_POLICY_CALLBACKS:
+            calls[callback] = [(p.name, fn) for p in self.policies
+                               if callable(fn := getattr(p, callback, None))]
+        self._limiters = calls["limit"]
+        self._finishers = calls["finished"]
+        self._joiners = calls["waiting"]
+        self._pumpers = calls["pump"]
+        self._tickers = calls["tick"]
+        self._describers = calls["describe"]
+        self._broken: set[tuple[str, str]] = set()
         fleet.watchers.append(self._fleet_changed)
 
     # --- the request's side ----------------------------------------------------------------------
@@ -268,17 +214,12 @@ class QueueManager:
             return
         slot.released = True
         self.active.discard(slot)
-        lane = slot.lane
-        if ok and self.adaptive and completion_tokens and completion_tokens >= 8:
-            now = time.monotonic()
-            elapsed = now - slot.started
-            if elapsed > 0:
-                # requests running beside this one, on average over its life, itself included
-                concurrency = (lane.busy_integral(now) - slot.busy_start) / elapsed
-                if lane.tuner is None:
-                    lane.tuner = ConcurrencyTuner()
-                lane.tuner.observe(concurrency, elapsed * 1000 / completion_tokens)
-        self.fleet.finished(lane, ok)
+        for name, finished in self._finishers:
+            try:
+                finished(slot, ok, completion_tokens)
+            except Exception as exc:  # noqa: BLE001 - a broken policy must not break the queue
+                self._policy_failed(name, "finished", exc)
+        self.fleet.finished(slot.lane, ok)
         if self.waiting_total or self.held:
             self._schedule()
 
@@ -289,18 +230,78 @@ class QueueManager:
         limit = endpoint.num_parallel if endpoint is not None and endpoint.num_parallel > 0 \
             else self.default_limit
         limit = min(limit, self.max_limit)
-        if lane.model not in node.loaded and limit > 1:
-            memory = node.heartbeat.memory
-            available = node.available.get(lane.model)
-            size_gb = available.size_bytes / 2**30 if available is not None else 0.0
-            if memory.pressure != "normal" or memory.available_gb < size_gb * _COLD_HEADROOM:
-                limit = 1  # a cold load on a machine short of memory: one request at a time
-        if _embedding_only(node, lane.model):
-            limit = 1  # Ollama loads embedding models with one slot
-        tuner = lane.tuner
-        if tuner is not None and tuner.cap is not None:
-            limit = min(limit, tuner.cap)
+        for name, narrow in self._limiters:
+            try:
+                limit = int(narrow(node, lane, limit))
+            except Exception as exc:  # noqa: BLE001 - a broken policy leaves the limit as it was
+                self._policy_failed(name, "limit", exc)
         return max(1, limit)
+
+    def refresh_limit(self, node: NodeState, lane: Lane) -> int:
+        lane.limit = self.limit_for(node, lane)
+        return lane.limit
+
+    # --- what lane policies see and ask (``herd_kernel.api.QueueView``) --------------------------
+
+    @property
+    def nodes(self) -> Mapping[str, NodeState]:
+        return self.fleet.nodes
+
+    def lane(self, node_id: str, model: str) -> Lane:
+        return self.fleet.lane(node_id, model)
+
+    @staticmethod
+    def servable(node: NodeState) -> bool:
+        return elimination_reason(node, ()) is None
+
+    def choose(self, route: RouteRequest, model: str, exclude: Collection[str] = (),
+               only: str | None = None) -> Decision | NoRoute:
+        return self.scorer.choose_model(route, model, exclude, only=only)
+
+    def move(self, waiter: Ticket, decision: Decision) -> None:
+        source = waiter.lane
+        if source is None or waiter.future.done() or not isinstance(waiter.decision, Decision):
+            raise ValueError("only a request waiting in a lane can move")
+        target = self.fleet.lane(decision.node.node_id, decision.model_key)
+        if target is source or target.in_flight >= target.limit:
+            raise ValueError(f"{target.node_id}:{target.model} has no free slot")
+        self._forget(waiter)
+        source.moved += 1
+        self.moved_total += 1
+        self.event("rebalanced", model=source.model, source=source.node_id,
+                   target=target.node_id, request_id=waiter.route.request_id)
+        self._give(waiter, _keep_fallback(decision, waiter.decision), target)
+
+    def warm(self, decision: Decision, *, behind: str, waiting: int) -> bool:
+        """Load ``decision.model`` on ``decision.node`` in the background (``QueueView.warm``)."""
+        if self._warm is None:
+            return False
+        key = (decision.node.node_id, decision.model_key)
+        now = time.monotonic()
+        if self.warming.get(key, 0.0) > now:
+            return False
+        self.warming[key] = now + 3600.0  # in progress
+        self.prewarms_total += 1
+        self.event("prewarm", node_id=decision.node.node_id, model=decision.model,
+                   behind=behind, waiting=waiting)
+        task = asyncio.get_running_loop().create_task(self._warm_now(decision),
+                                                      name="herd-prewarm")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _policy_failed(self, name: str, callback: str, exc: Exception) -> None:
+        if (name, callback) not in self._broken:
+            self._broken.add((name, callback))
+            log.error("lane policy failed; skipped", policy=name, callback=callback,
+                      error=repr(exc))
+
+    def _ask(self, calls: list[tuple[str, Callable[..., Any]]], callback: str, *args: Any) -> None:
+        for name, fn in calls:
+            try:
+                fn(*args)
+            except Exception as exc:  # noqa: BLE001 - a broken policy must not break the queue
+                self._policy_failed(name, callback, exc)
 
     # --- waiting ---------------------------------------------------------------------------------
 
@@ -335,8 +336,8 @@ class QueueManager:
         lane.waiting.append(ticket)
         self.waiting_total += 1
         self.waiting_lanes.add(lane)
-        if self.prewarm_depth > 0 and len(lane.waiting) == self.prewarm_depth:
-            self._prewarm(ticket, decision)  # on crossing the depth; the periodic pass re-checks
+        if self._joiners:
+            self._ask(self._joiners, "waiting", self, ticket)
 
     @staticmethod
     def _unhold(ticket: Ticket) -> None:
@@ -432,8 +433,8 @@ class QueueManager:
         self._pump_handle = None
         for lane in list(self.waiting_lanes):
             self._serve(lane)
-        if self.waiting_total:
-            self._rebalance()
+        if self.waiting_total and self._pumpers:
+            self._ask(self._pumpers, "pump", self)
         if self.held:
             held, self.held = self.held, []
             for ticket in held:
@@ -456,78 +457,13 @@ class QueueManager:
             assert isinstance(decision, Decision)
             self._give(ticket, decision, lane)
 
-    def _rebalance(self) -> None:
-        """Move waiters from saturated lanes to nodes where their model is hot and slots are free,
-        oldest first, each re-scored on the node it moves to (for true headers and traces)."""
-        donors: dict[str, list[Lane]] = collections.defaultdict(list)
-        for lane in self.waiting_lanes:
-            donors[lane.model].append(lane)
-        for model, lanes in donors.items():
-            for node in self.fleet.nodes.values():
-                if model not in node.loaded or elimination_reason(node, ()) is not None:
-                    continue
-                target = self.fleet.lane(node.node_id, model)
-                if target.waiting:
-                    continue
-                target.limit = self.limit_for(node, target)
-                while target.in_flight < target.limit:
-                    ticket = self._oldest_movable(lanes, node.node_id)
-                    if ticket is None:
-                        break
-                    source = ticket.lane
-                    assert source is not None and isinstance(ticket.decision, Decision)
-                    moved = self.scorer.choose_model(
-                        ticket.route, ticket.decision.model, ticket.exclude, only=node.node_id)
-                    if not isinstance(moved, Decision):
-                        break
-                    self._forget(ticket)
-                    source.moved += 1
-                    self.moved_total += 1
-                    self.event("rebalanced", model=model, source=source.node_id,
-                               target=node.node_id, request_id=ticket.route.request_id)
-                    self._give(ticket, _keep_fallback(moved, ticket.decision), target)
+    # --- warming on a policy's request -----------------------------------------------------------
 
-    @staticmethod
-    def _oldest_movable(lanes: list[Lane], node_id: str) -> Ticket | None:
-        best: Ticket | None = None
-        for lane in lanes:
-            if lane.node_id == node_id or lane.in_flight < lane.limit:
-                continue
-            for ticket in lane.waiting:
-                if node_id not in ticket.exclude:
-                    if best is None or ticket.since < best.since:
-                        best = ticket
-                    break
-        return best
-
-    # --- pre-warming -----------------------------------------------------------------------------
-
-    def _prewarm(self, ticket: Ticket, decision: Decision) -> None:
-        if self.warm is None:
-            return
-        runner = self.scorer.choose_model(
-            ticket.route, decision.model, {*ticket.exclude, decision.node.node_id})
-        if not isinstance(runner, Decision) or runner.model_key in runner.node.loaded:
-            return
-        if _embedding_only(runner.node, runner.model_key):
-            return  # no empty generate loads these, and they load in a moment anyway
+    async def _warm_now(self, runner: Decision) -> None:
         key = (runner.node.node_id, runner.model_key)
-        now = time.monotonic()
-        if self.warming.get(key, 0.0) > now:
-            return
-        self.warming[key] = now + 3600.0  # in progress
-        self.prewarms_total += 1
-        self.event("prewarm", node_id=runner.node.node_id, model=runner.model,
-                   behind=decision.node.node_id, waiting=len(ticket.lane.waiting) if ticket.lane else 0)
-        task = asyncio.get_running_loop().create_task(self._warm(runner), name="herd-prewarm")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _warm(self, runner: Decision) -> None:
-        key = (runner.node.node_id, runner.model_key)
-        assert self.warm is not None
+        assert self._warm is not None
         try:
-            error = await self.warm(runner.node, runner.model)
+            error = await self._warm(runner.node, runner.model)
         except Exception as exc:  # noqa: BLE001 - a failed warm-up only means no head start
             error = repr(exc)
         if error is None:
@@ -542,7 +478,7 @@ class QueueManager:
     # --- the periodic pass -----------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Every ``interval`` s: reap, drop waiters whose clients left, pre-warm, pump."""
+        """Every ``interval`` s: reap, drop waiters whose clients left, the policies' tick, pump."""
         while True:
             await asyncio.sleep(self.interval)
             self.tick()
@@ -555,10 +491,8 @@ class QueueManager:
             for ticket in [t for t in lane.waiting if t.alive is not None and not t.alive()]:
                 self._forget(ticket)
                 self._abandon(ticket, lane, asyncio.get_running_loop().time() - ticket.since)
-            if self.prewarm_depth > 0 and len(lane.waiting) >= self.prewarm_depth:
-                head = lane.waiting[0]
-                if isinstance(head.decision, Decision):
-                    self._prewarm(head, head.decision)
+        if self._tickers:
+            self._ask(self._tickers, "tick", self)
         self.pump()
 
     def end_all(self, reason: str) -> int:
@@ -625,8 +559,12 @@ class QueueManager:
                 "completed": lane.completed, "failed": lane.failed, "reaped": lane.reaped,
                 "moved": lane.moved, "abandoned": lane.abandoned,
                 "estimated_wait_s": wait,
-                "throughput_gain": lane.tuner.gain() if lane.tuner is not None else None,
             }
+            for name, describe in self._describers:
+                try:
+                    lanes[f"{node_id}:{model}"].update(describe(lane))
+                except Exception as exc:  # noqa: BLE001
+                    self._policy_failed(name, "describe", exc)
             total = models.setdefault(model, {"in_flight": 0, "pending": 0, "slots_free": 0,
                                               "estimated_wait_s": None})
             total["in_flight"] += lane.in_flight
@@ -645,12 +583,6 @@ class QueueManager:
                        "prewarms": self.prewarms_total, "abandoned": self.abandoned_total,
                        "hold_timeouts": self.timeouts_total, "queue_full": self.full_total},
         }
-
-
-def _embedding_only(node: NodeState, model: str) -> bool:
-    available = node.available.get(model)
-    return available is not None and "embedding" in available.capabilities \
-        and "completion" not in available.capabilities
 
 
 def _estimated_wait_s(lane: Lane, p75_ms: float | None) -> float | None:

@@ -10,9 +10,10 @@ import pytest
 from herd_kernel.fleet import Fleet
 from herd_kernel.latency import LatencyHistory
 from herd_kernel.models import Heartbeat, RouteRequest, structure
-from herd_kernel.queues import ConcurrencyTuner, QueueManager, Refused
+from herd_kernel.queues import QueueManager, Refused
 from herd_kernel.scoring import Decision, NoRoute, Scorer
-from herd_kernel.testing import heartbeat_payload, make_config
+from herd_kernel.testing import heartbeat_payload, make_config, make_host
+from herd_policy_concurrency import ConcurrencyTuner
 
 
 class Prefer:
@@ -38,9 +39,10 @@ def manager(*beats, signals=(), env=None, warm=None):
     fleet = Fleet()
     for hb in beats:
         fleet.apply_heartbeat(hb)
-    config = make_config(env={"FLEET_HOLD_TIMEOUT": "5", **(env or {})})
+    host = make_host("policy-*")  # the lane policies, as the router loads them
+    config = make_config(host, env={"FLEET_HOLD_TIMEOUT": "5", **(env or {})})
     scorer = Scorer(fleet, list(signals), config, LatencyHistory())
-    return QueueManager(fleet, scorer, config, warm=warm)
+    return QueueManager(fleet, scorer, config, warm=warm, policies=host.lane_policies(config))
 
 
 def req(model="m"):
@@ -101,8 +103,8 @@ def test_tuner_leaves_a_lane_alone_when_parallelism_pays():
 def test_a_learned_cap_lowers_the_limit():
     q = manager(beat("a", parallel=4))
     lane = q.fleet.lane("a", "m:latest")
-    lane.tuner = ConcurrencyTuner()
-    lane.tuner.cap = 2
+    lane.state["concurrency"] = ConcurrencyTuner()
+    lane.state["concurrency"].cap = 2
     assert q.limit_for(q.fleet.nodes["a"], lane) == 2
 
 

@@ -223,7 +223,7 @@ async def test_deep_queue_prewarms_the_runner_up_and_the_rebalancer_moves_work_t
     spare = fleet.nodes["spare"]
     # thermal alone: every request prefers the hot node, however long its queue
     router = await herd_over(fleet, herd_router, herd_agent, parallel=1,
-                             plugins="signal-thermal,backend-ollama",
+                             plugins="signal-thermal,backend-ollama,policy-*",
                              env={"FLEET_PREWARM_DEPTH": "2"})
     async with aiohttp.ClientSession() as http:
         first = await occupy(http, router, fleet.nodes["hot"])
