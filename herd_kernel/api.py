@@ -19,7 +19,6 @@ if TYPE_CHECKING:
 
     from herd_kernel.config import Config
     from herd_kernel.fleet import Fleet
-    from herd_kernel.scoring import Decision, NoRoute
 
 
 # --- scoring -----------------------------------------------------------------------------------
@@ -58,6 +57,39 @@ class Candidate:
         if self.loaded is not None and self.loaded.size_bytes:
             return self.loaded.size_bytes
         return self.available.size_bytes if self.available is not None else 0
+
+
+# --- routing decisions (made by herd_kernel.scoring) ------------------------------------------
+
+
+@frozen(kw_only=True)
+class Decision:
+    node: NodeState
+    model: str  # the model name to send upstream (as requested, or the fallback as written)
+    model_key: str
+    score: float
+    breakdown: dict[str, float]
+    eliminated: dict[str, str] = field(factory=dict)  # node_id -> reason
+    fallback: bool = False
+    endpoint: Endpoint | None = None  # the engine on the node that serves the model
+
+    @property
+    def breakdown_header(self) -> str:
+        return ";".join(f"{name}={_fmt(value)}" for name, value in self.breakdown.items())
+
+
+@frozen(kw_only=True)
+class NoRoute:
+    # "refused": every node that lists the model serves it through an engine that cannot take
+    # this request (waiting would not help)
+    kind: Literal["unknown_model", "unavailable", "refused"]
+    model: str
+    eliminated: dict[str, str] = field(factory=dict)
+
+
+def _fmt(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0")
+
 
 
 class LatencyView(Protocol):

@@ -8,13 +8,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Collection, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import attrs
 import structlog
-from attrs import field, frozen
 
-from herd_kernel.api import Candidate, LatencyView, ScoringContext
+from herd_kernel.api import Candidate, Decision, LatencyView, NoRoute, ScoringContext
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet
 from herd_kernel.latency import LatencyHistory
@@ -24,35 +23,6 @@ from herd_kernel.models import Endpoint, NodeState, RouteRequest, normalize_mode
 Refusal = Callable[[RouteRequest, Endpoint], str | None]
 
 log = structlog.get_logger("herd.scoring")
-
-
-@frozen(kw_only=True)
-class Decision:
-    node: NodeState
-    model: str  # the model name to send upstream (as requested, or the fallback as written)
-    model_key: str
-    score: float
-    breakdown: dict[str, float]
-    eliminated: dict[str, str] = field(factory=dict)  # node_id -> reason
-    fallback: bool = False
-    endpoint: Endpoint | None = None  # the engine on the node that serves the model
-
-    @property
-    def breakdown_header(self) -> str:
-        return ";".join(f"{name}={_fmt(value)}" for name, value in self.breakdown.items())
-
-
-@frozen(kw_only=True)
-class NoRoute:
-    # "refused": every node that lists the model serves it through an engine that cannot take
-    # this request (waiting would not help)
-    kind: Literal["unknown_model", "unavailable", "refused"]
-    model: str
-    eliminated: dict[str, str] = field(factory=dict)
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else f"{value:.2f}".rstrip("0")
 
 
 class Scorer:

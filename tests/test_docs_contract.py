@@ -4,6 +4,7 @@ in the configuration reference."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
 import tomllib
@@ -187,3 +188,43 @@ def test_every_setting_the_docs_name_exists():
             named.setdefault(name, set()).add(path.name)
     unknown = {name: sorted(where) for name, where in named.items() if name not in known}
     assert not unknown, f"the docs name settings that do not exist: {unknown}"
+
+
+# --- plugins reach the kernel only through its public modules -----------------------------------
+
+PUBLIC_KERNEL = {"herd_kernel", "herd_kernel.api", "herd_kernel.hookspecs", "herd_kernel.models",
+                 "herd_kernel.config", "herd_kernel.wire", "herd_kernel.pipeline",
+                 "herd_kernel.testing", "herd_kernel.lazy", "herd_kernel.auth"}
+
+
+def _runtime_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """``herd_kernel`` modules a module imports when it runs (not under ``if TYPE_CHECKING:``)."""
+    typing_only: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            typing_only.update(id(n) for child in node.body for n in ast.walk(child))
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] if node.module != "herd_kernel" else \
+                [f"herd_kernel.{a.name}" if f"herd_kernel.{a.name}" in PUBLIC_KERNEL | {
+                    "herd_kernel.app", "herd_kernel.scoring", "herd_kernel.fleet",
+                    "herd_kernel.queues", "herd_kernel.store", "herd_kernel.cli"} else "herd_kernel"
+                 for a in node.names]
+            found += [(node.lineno, n) for n in names if n.startswith("herd_kernel")]
+        elif isinstance(node, ast.Import):
+            found += [(node.lineno, a.name) for a in node.names if a.name.startswith("herd_kernel")]
+    return found
+
+
+@pytest.mark.parametrize("package", PLUGINS, ids=lambda p: p.name)
+def test_plugins_import_only_the_kernels_public_modules(package):
+    private = []
+    for source in sorted(package.glob("herd_*/**/*.py")):
+        for line, module in _runtime_imports(ast.parse(source.read_text())):
+            if module not in PUBLIC_KERNEL:
+                private.append(f"{source.relative_to(ROOT)}:{line} imports {module}")
+    assert not private, "plugins may import only " + ", ".join(sorted(PUBLIC_KERNEL)) + \
+        ":\n" + "\n".join(private)

@@ -21,10 +21,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from herd_backend_ollama.substitutes import thinks
+from herd_kernel.api import Decision
 from herd_kernel.config import Setting, SettingError
 from herd_kernel.models import RouteRequest, normalize_model
 from herd_kernel.pipeline import Outbound
-from herd_kernel.scoring import Decision
 
 ROUTER_ONLY_FIELDS = ("fallback_models",)
 

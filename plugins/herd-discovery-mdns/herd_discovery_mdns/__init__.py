@@ -21,11 +21,6 @@ from typing import Any, Self
 import aiohttp
 import structlog
 
-from herd_kernel import auth
-from herd_kernel.config import Config, Setting, SettingError
-from herd_kernel.hookspecs import hookimpl
-from herd_kernel.lazy import lazy
-
 from herd_discovery_mdns.records import (
     DEFAULT_SERVICE_TYPE,
     WILDCARD_BINDS,
@@ -41,6 +36,10 @@ from herd_discovery_mdns.records import (
     service_txt,
     split_url,
 )
+from herd_kernel import auth
+from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.hookspecs import hookimpl
+from herd_kernel.lazy import lazy
 
 # zeroconf (about 3 MB) loads when discovery first runs, not in every process that loads plugins
 InterfaceChoice = lazy("zeroconf", "InterfaceChoice")

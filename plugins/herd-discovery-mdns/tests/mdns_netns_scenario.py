@@ -23,8 +23,8 @@ from aiohttp import web
 
 from herd_kernel import __version__
 from herd_kernel.app import SERVICES, create_app
-from herd_node.agent import NodeAgent
 from herd_kernel.testing import make_config, make_host
+from herd_node.agent import NodeAgent
 
 PLUGINS = "backend-ollama,discovery-mdns"
 NOWHERE = "http://127.0.0.1:9"  # no Ollama: the nodes report it unreachable, which is fine here

@@ -16,11 +16,10 @@ import sys
 import time
 from pathlib import Path
 
+import herd_discovery_mdns
 import pytest
 import zeroconf
 from aiohttp import web
-
-import herd_discovery_mdns
 from herd_discovery_mdns import MdnsDiscovery, _check_service, _hello, isolation_problem
 from herd_discovery_mdns.records import (
     Candidate,
@@ -38,8 +37,8 @@ from zeroconf.asyncio import AsyncServiceInfo
 import herd_kernel
 from herd_kernel.config import SettingError
 from herd_kernel.hookspecs import hookimpl
-from herd_node.agent import NodeAgent
 from herd_kernel.testing import make_config, make_host, wait_for
+from herd_node.agent import NodeAgent
 
 SCENARIO = Path(__file__).with_name("mdns_netns_scenario.py")
 SECRET = "correct horse battery staple"

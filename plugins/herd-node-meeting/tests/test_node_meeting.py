@@ -37,9 +37,9 @@ from herd_node_meeting.runner import run_command
 
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import RouteRequest
-from herd_node.agent import NodeAgent
 from herd_kernel.scoring import Decision, NoRoute
 from herd_kernel.testing import make_config, make_host, wait_for
+from herd_node.agent import NodeAgent
 
 # --- recorded output (hand-written samples) ------------------------------------------------------
 

@@ -14,12 +14,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-
 from herd_kernel.api import NodeContext
 from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.lazy import lazy
-
 from herd_node_system import probes
 
 psutil = lazy("psutil")  # only node agents read it; the router loads this plugin too

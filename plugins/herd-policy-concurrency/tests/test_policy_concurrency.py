@@ -6,11 +6,11 @@ import collections
 import time
 
 import pytest
+from herd_policy_concurrency import AdaptiveConcurrency, ConcurrencyRules, ConcurrencyTuner
 
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, structure
 from herd_kernel.testing import heartbeat_payload, make_config, make_host
-from herd_policy_concurrency import AdaptiveConcurrency, ConcurrencyRules, ConcurrencyTuner
 
 
 class FakeLane:

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from herd_kernel.api import QueueView, WaiterView
+from herd_kernel.api import Decision, QueueView, WaiterView
 from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import NodeState
-from herd_kernel.scoring import Decision
 
 SETTINGS = (
     Setting(

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import collections
 
+from herd_policy_prewarm import Prewarm
+
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, RouteRequest, structure
 from herd_kernel.scoring import Decision, NoRoute
 from herd_kernel.testing import heartbeat_payload, make_config, make_host
-from herd_policy_prewarm import Prewarm
 
 EMBED = {"name": "e", "capabilities": ["embedding"]}
 

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import collections
 
-from herd_kernel.api import LaneView, QueueView, WaiterView
+from herd_kernel.api import Decision, LaneView, QueueView, WaiterView
 from herd_kernel.config import Config
 from herd_kernel.hookspecs import hookimpl
-from herd_kernel.scoring import Decision
 
 
 class Rebalance:
