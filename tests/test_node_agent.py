@@ -2,9 +2,10 @@
 
 import asyncio
 
+from herd_kernel.app import SERVICES, create_app
 from herd_kernel.hookspecs import hookimpl
-from herd_node.agent import NodeAgent
 from herd_kernel.testing import make_config, make_host, wait_for
+from herd_node.agent import NodeAgent
 
 
 class Sensors:
@@ -65,6 +66,18 @@ async def test_sensors_merge_and_a_bad_sensor_costs_nothing_else(herd_router, tm
     assert router.services.fleet.nodes["n1"].status == "offline"
 
 
+async def router_on(port, tmp_path):
+    """A router that starts listening on ``port`` only now (an agent is already trying it)."""
+    from aiohttp import web
+
+    host = make_host("backend-ollama")
+    app = create_app(make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "r")}), host)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return app, runner
+
+
 async def test_agent_survives_the_router_being_away(herd_router, tmp_path, unused_tcp_port):
     url = f"http://127.0.0.1:{unused_tcp_port}"
     agent = agent_for(url, tmp_path, plugins="backend-ollama", interval=0.1)
@@ -73,14 +86,7 @@ async def test_agent_survives_the_router_being_away(herd_router, tmp_path, unuse
         await wait_for(lambda: agent.failures >= 2, timeout=10)
         assert not task.done()
         # a router appears on that port: the agent registers without being restarted
-        from aiohttp import web
-
-        from herd_kernel.app import SERVICES, create_app
-        host = make_host("backend-ollama")
-        app = create_app(make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "r")}), host)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+        app, runner = await router_on(unused_tcp_port, tmp_path)
         try:
             await wait_for(lambda: "n1" in app[SERVICES].fleet.nodes, timeout=10)
             node = app[SERVICES].fleet.nodes["n1"]
@@ -152,16 +158,9 @@ async def test_an_agent_started_before_its_router_joins_soon_after_it_answers(
     url = f"http://127.0.0.1:{unused_tcp_port}"
     agent = agent_for(url, tmp_path, plugins="backend-ollama", interval=60)
     task = asyncio.create_task(agent.run())
-    from aiohttp import web
-
-    from herd_kernel.app import SERVICES, create_app
     try:
         await wait_for(lambda: agent.failures >= 1, timeout=10)
-        host = make_host("backend-ollama")
-        app = create_app(make_config(host, {"FLEET_DATA_DIR": str(tmp_path / "r")}), host)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        await web.TCPSite(runner, "127.0.0.1", unused_tcp_port).start()
+        app, runner = await router_on(unused_tcp_port, tmp_path)
         try:
             await wait_for(lambda: "n1" in app[SERVICES].fleet.nodes, timeout=15)
             await wait_for(lambda: agent.heartbeats_sent == 1)

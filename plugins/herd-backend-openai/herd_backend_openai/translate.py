@@ -433,23 +433,28 @@ def from_openai(
     text = _str(message.get("content")) if message else _str(choice.get("text"))
     thinking = _str(message.get("reasoning_content")) or _str(message.get("reasoning"))
     calls = _tool_calls(message.get("tool_calls"))
-    out = {"model": model, "created_at": created_at()}
-    if path == CHAT:
-        reply: dict[str, Any] = {"role": "assistant", "content": text}
-        if thinking:
-            reply["thinking"] = thinking
-        if calls:
-            reply["tool_calls"] = calls
-        out["message"] = reply
-    else:
-        out["response"] = text
-        if thinking:
-            out["thinking"] = thinking
-        if calls:
-            out["tool_calls"] = calls
+    out = ollama_chunk(path, model, text, thinking, calls)
     out["done"] = True
     out["done_reason"] = _done_reason(choice.get("finish_reason"))
     out.update(_metrics(usage, _dict(answer.get("timings")), total_ns, None, 0))
+    return out
+
+
+def ollama_chunk(path: str, model: str, content: str, thinking: str = "",
+                 calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One Ollama answer object, not yet done: ``message`` for /api/chat, ``response`` for
+    /api/generate, with thinking and tool calls where there are some."""
+    out: dict[str, Any] = {"model": model, "created_at": created_at()}
+    where: dict[str, Any] = out
+    if path == CHAT:
+        where = out["message"] = {"role": "assistant", "content": content}
+    else:
+        out["response"] = content
+    if thinking:
+        where["thinking"] = thinking
+    if calls:
+        where["tool_calls"] = calls
+    out["done"] = False
     return out
 
 
@@ -491,22 +496,7 @@ class SseToNdjson:
 
     def _chunk(self, content: str = "", thinking: str = "",
                calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-        out: dict[str, Any] = {"model": self.model, "created_at": created_at()}
-        if self.path == CHAT:
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if thinking:
-                message["thinking"] = thinking
-            if calls:
-                message["tool_calls"] = calls
-            out["message"] = message
-        else:
-            out["response"] = content
-            if thinking:
-                out["thinking"] = thinking
-            if calls:
-                out["tool_calls"] = calls
-        out["done"] = False
-        return out
+        return ollama_chunk(self.path, self.model, content, thinking, calls)
 
     def frame(self, data: bytes) -> bytes:
         if self.closed or not data:
