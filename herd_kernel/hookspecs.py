@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from herd_kernel.api import Backend, Discovery, HealthCheck, Panel, Sensor, Signal
+    from herd_kernel.api import Backend, Discovery, HealthCheck, Panel, Sensor, Shaper, Signal
     from herd_kernel.config import Config, Setting
     from herd_kernel.models import Trace
 
@@ -119,4 +119,16 @@ class HerdSpec:
         owner revokes a node or a long-silent one is forgotten).
 
         Called on the router's event loop right after the change; must be quick.
+        """
+
+    @hookspec
+    def herd_request_shapers(self, config: Config) -> Sequence[Shaper]:
+        """Register request shapers (router).
+
+        Called once at router start. Return ``herd_kernel.api.Shaper`` objects (return none when
+        a setting turns the feature off: an unregistered shaper costs nothing). Before scoring,
+        shapers may substitute the model or provision it; once a node is chosen, they return
+        ``Change`` records for the body sent there. The kernel applies every record and announces
+        it in a response header and the trace; a shaper that raises is logged once and skipped.
+        Shaper names must be unique across plugins.
         """

@@ -22,7 +22,7 @@ CONFIG_DOC = ROOT / "docs" / "configuration.md"
 PLUGINS = sorted(
     p for p in (ROOT / "plugins").iterdir() if p.is_dir() and not p.name.startswith(".")
 )
-KINDS = {"signal", "backend", "discovery", "health", "node", "panel"}  # the families in DESIGN.md
+KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "shaper"}  # the families in DESIGN.md
 DIST = re.compile(r"^herd-(?P<kind>[a-z0-9]+)-(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*)$")
 
 
