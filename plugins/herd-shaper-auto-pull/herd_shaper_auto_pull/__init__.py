@@ -42,7 +42,7 @@ async def pull(ctx: ShapeContext, node: NodeState, model: str, timeout: float) -
         status, raw = await ctx.endpoint_post(
             endpoint.url, "/api/pull", {"model": model, "stream": False}, timeout)
         body = json.loads(raw) if raw.strip() else None
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
         return f"{type(exc).__name__}: {exc}"
     if status == 200 and isinstance(body, dict) and body.get("status") == "success":
         return None

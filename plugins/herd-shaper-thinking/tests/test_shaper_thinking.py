@@ -100,3 +100,11 @@ def test_gpt_oss_thinks_whatever_a_boolean_says():
     body = {"model": "gpt-oss:20b", "think": False, "options": {"num_predict": 5}}
     out = shaper().outbound(route(model="gpt-oss:20b", num_predict=5), b"", body, d)
     assert out.headers["X-Thinking-Budget"] == "1024"
+
+
+def test_an_openai_body_gets_the_budget_on_an_openai_engine_too():
+    d = decision("qwq:32b", available=["qwq:32b"], kind="openai")
+    body = {"model": "qwq:32b", "max_completion_tokens": 100}
+    out = shaper().outbound(route("openai", "qwq:32b", num_predict=100), b"", body, d)
+    assert json.loads(out.body) == {"model": "qwq:32b", "max_completion_tokens": 1024}
+    assert out.headers == {"X-Thinking-Budget": "1024"}
