@@ -460,3 +460,104 @@ class LanePolicy(Protocol):
 
 
 LANE_POLICY_CALLBACKS = ("limit", "finished", "waiting", "pump", "tick", "describe")
+
+
+# --- request shapers ---------------------------------------------------------------------------
+# A shaper never edits a request itself: it returns records of what it would change, and the
+# kernel applies them, says each one in a response header and the trace, or skips the shaper.
+
+
+@frozen(kw_only=True, slots=True)
+class Substitution:
+    """Before scoring: serve ``model`` instead of the one the client named. Announced as
+    ``header: asked -> served``, in the trace's ``substitution`` detail and as event ``reason``."""
+
+    model: str
+    reason: str  # e.g. "vram_fallback"
+    header: str  # e.g. "X-Fleet-Vram-Fallback"
+
+
+@frozen(kw_only=True, slots=True)
+class Provision:
+    """Before scoring: the model was made to exist on ``node_id`` (an endpoint of ``kind``), e.g.
+    pulled there. The registry learns of it at once; announced as ``header: node_id``."""
+
+    node_id: str
+    model: str
+    kind: str
+    header: str
+
+
+@frozen(kw_only=True, slots=True)
+class Refusal:
+    """Before scoring: the request cannot be served. The client gets ``status`` in its API's own
+    error shape; ``message`` None means that API's own "model not found" words."""
+
+    status: int
+    message: str | None = None
+    headers: Mapping[str, str] = field(factory=dict)
+
+
+@frozen(kw_only=True, slots=True)
+class Change:
+    """After the decision: one edit of the JSON body sent to the chosen endpoint.
+
+    ``field`` is a dotted path (``"options.num_ctx"``, ``"max_tokens"``); ``old`` the value the
+    body holds there (None: absent). The kernel applies it only while the body still holds
+    ``old``, sends response header ``header`` with value ``reason``, and records the change in the
+    trace's details (``changes``, and ``reason`` under the shaper's name)."""
+
+    field: str
+    old: Any
+    new: Any
+    header: str
+    reason: str
+
+
+class Meter(Protocol):
+    """Watches the answer to a shaped request: each relayed frame of a stream, or the whole answer
+    (which may add response headers); ``summary`` goes in the trace's details."""
+
+    def frame(self, frame: bytes) -> None: ...
+
+    def whole(self, payload: bytes) -> Mapping[str, str]: ...
+
+    def summary(self) -> Mapping[str, Any]: ...
+
+
+@frozen(kw_only=True, slots=True)
+class Shaping:
+    """What one shaper changes in one request once the endpoint is chosen."""
+
+    changes: tuple[Change, ...] = ()
+    meter: Meter | None = None
+
+
+@frozen(kw_only=True)
+class ShapeContext:
+    """What shapers may read and do: the fleet registry (read only), settings, routing events and
+    a signed POST to an engine (for a shaper that provisions, e.g. pulls a model)."""
+
+    fleet: Any  # herd_kernel.fleet.Fleet: nodes, holders(model)
+    config: Config
+    event: Callable[..., None]
+    endpoint_post: Callable[[str, str, Mapping[str, Any], float], Awaitable[tuple[int, bytes]]]
+
+
+class Shaper(Protocol):
+    """Shapes requests at two moments; a shaper implements any of these methods (the kernel calls
+    only the ones it has, in ``(order, name)`` order):
+
+    - ``substitute(route, ctx) -> Substitution | None``: before scoring, synchronous; the first
+      substitution wins. Not called for load/unload commands.
+    - ``async provide(route, ctx) -> Provision | Refusal | None``: before scoring, may do I/O
+      (auto-pull); a refusal answers the client.
+    - ``shape(route, body, decision, ctx) -> Shaping | None``: after the decision, synchronous and
+      cheap (it runs for every request); ``decision.endpoint.kind`` says which engine gets it.
+
+    A shaper that raises or returns anything else is logged once and skipped: the request goes on
+    without its changes, never a 500.
+    """
+
+    name: str
+    order: int

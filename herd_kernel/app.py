@@ -28,7 +28,7 @@ from herd_kernel.admission import (
     admin_problem,
     fingerprint,
 )
-from herd_kernel.api import RouteDef
+from herd_kernel.api import RouteDef, ShapeContext
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, NodeConflict, PendingNode
 from herd_kernel.latency import WINDOW, LatencyHistory
@@ -47,6 +47,7 @@ from herd_kernel.pipeline import Pipeline
 from herd_kernel.plugins import PluginHost
 from herd_kernel.queues import QueueManager
 from herd_kernel.scoring import Scorer
+from herd_kernel.shaping import Shapers
 from herd_kernel.store import TraceStore
 from herd_kernel.upstream import Upstream
 from herd_kernel.wire import (
@@ -85,6 +86,9 @@ class Services:
             engine = getattr(backend, "engine", None)
             if engine is not None:
                 self.engines.setdefault(engine.kind, engine)
+        # request shapers: substitutions and body changes, each announced (``shaping``)
+        self.shapers = Shapers(host.shapers(config), ShapeContext(
+            fleet=self.fleet, config=config, event=self.event, endpoint_post=self.endpoint_post))
         self.latency = LatencyHistory()
         self.store = TraceStore(
             Path(config["FLEET_DATA_DIR"]) / "latency.db",

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         Panel,
         RouterAPI,
         Sensor,
+        Shaper,
         Signal,
     )
     from herd_kernel.config import Config, Setting
@@ -153,4 +154,16 @@ class HerdSpec:
         the ``QueueView`` to ``warm`` a model or ``move`` a waiter. Callbacks are optional (only
         those a policy defines are called) and must be quick; one that raises is logged once and
         skipped. Policy names must be unique.
+        """
+
+    @hookspec
+    def herd_request_shapers(self, config: Config) -> Sequence[Shaper]:
+        """Register request shapers (router).
+
+        Called once at router start. Return ``herd_kernel.api.Shaper`` objects (return none when
+        a setting turns the feature off: an unregistered shaper costs nothing). Before scoring,
+        shapers may substitute the model or provision it; once a node is chosen, they return
+        ``Change`` records for the body sent there. The kernel applies every record and announces
+        it in a response header and the trace; a shaper that raises is logged once and skipped.
+        Shaper names must be unique across plugins.
         """

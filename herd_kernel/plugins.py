@@ -249,6 +249,11 @@ class PluginHost:
         pairs = self._collect("herd_dashboard_panels", None, ("id", "title"), config=config)
         return sorted(self._unique("herd_dashboard_panels", pairs, "id"), key=lambda p: (p.order, p.id))
 
+    def shapers(self, config: Config) -> list[Any]:
+        pairs = self._collect("herd_request_shapers", None, ("name",), config=config)
+        items = self._unique("herd_request_shapers", pairs, "name")
+        return sorted(items, key=lambda s: (getattr(s, "order", 100), s.name))
+
     async def lifecycle(self, hook_name: str, services: Any, *, reverse: bool = False) -> None:
         """Call herd_startup / herd_shutdown on each plugin, awaiting results that are awaitable."""
         calls = self._call_lazy(hook_name)
@@ -290,6 +295,7 @@ class PluginHost:
             "panels": ("herd_dashboard_panels", "id", {"config": config}),
             "demo": ("herd_demo_fleet", "name", {"config": config}),
             "lane policies": ("herd_lane_policies", "name", {"config": config}),
+            "shapers": ("herd_request_shapers", "name", {"config": config}),
         }
         for info in self.loaded:
             plugin = self.pm.get_plugin(info.name)

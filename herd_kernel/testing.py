@@ -46,6 +46,42 @@ def load_signal(entry: str, env: Mapping[str, str] | None = None) -> Any:
     return signal
 
 
+def load_shapers(entry: str, env: Mapping[str, str] | None = None, *,
+                 events: list[tuple[str, dict[str, Any]]] | None = None,
+                 fleet: Any = None) -> Any:
+    """The kernel's ``Shapers`` over what an installed plugin registers (e.g.
+    ``shaper-context``), built from ``env``; routing events go to ``events``. Its
+    ``prepare(route, raw, body, engines)`` and ``before(route)`` are what a front calls;
+    ``passthrough_engines`` stands in for the engines."""
+    from herd_kernel.api import ShapeContext
+    from herd_kernel.fleet import Fleet
+    from herd_kernel.shaping import Shapers
+
+    host = make_host(entry)
+    config = make_config(host, env or {})
+    sink = events if events is not None else []
+
+    async def no_post(*args: Any) -> tuple[int, bytes]:
+        raise OSError("no engine in this test")
+
+    ctx = ShapeContext(fleet=fleet if fleet is not None else Fleet(), config=config,
+                       event=lambda kind, **fields: sink.append((kind, fields)),
+                       endpoint_post=no_post)
+    return Shapers(host.shapers(config), ctx)
+
+
+class _Passthrough:
+    """An engine that sends the (shaped) bytes as they are."""
+
+    def outbound(self, route: Any, raw: bytes, body: Any, decision: Any) -> Any:
+        from herd_kernel.pipeline import Outbound
+
+        return Outbound(body=raw)
+
+
+passthrough_engines: Mapping[str, Any] = {"ollama": _Passthrough(), "openai": _Passthrough()}
+
+
 def scoring_context(
     model: str = "m",
     *,

@@ -25,7 +25,7 @@ PLUGINS = sorted(
     p for p in (ROOT / "plugins").iterdir() if p.is_dir() and not p.name.startswith(".")
 )
 # the families in DESIGN.md
-KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "policy"}
+KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "policy", "shaper"}
 DIST = re.compile(r"^herd-(?P<kind>[a-z0-9]+)-(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*)$")
 
 

@@ -6,6 +6,7 @@ import asyncio
 import time
 
 import pytest
+from herd_policy_concurrency import ConcurrencyTuner
 
 from herd_kernel.fleet import Fleet
 from herd_kernel.latency import LatencyHistory
@@ -13,7 +14,6 @@ from herd_kernel.models import Heartbeat, RouteRequest, structure
 from herd_kernel.queues import QueueManager, Refused
 from herd_kernel.scoring import Decision, NoRoute, Scorer
 from herd_kernel.testing import heartbeat_payload, make_config, make_host
-from herd_policy_concurrency import ConcurrencyTuner
 
 
 class Prefer:

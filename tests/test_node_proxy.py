@@ -9,8 +9,8 @@ import pytest
 from herd_sim import PROFILES, SimNode
 
 from herd_kernel import auth
-from herd_node import proxy
 from herd_kernel.testing import wait_for
+from herd_node import proxy
 
 SECRET = "s3cret"
 MODEL = "llama3.2:3b"

@@ -8,7 +8,7 @@ from typing import Any
 
 import herd_api_formats
 
-from herd_backend_ollama import engine, node, router, shaping, substitutes
+from herd_backend_ollama import engine, node, router
 from herd_kernel.api import NodeContext, RouteDef
 from herd_kernel.config import Config
 from herd_kernel.hookspecs import hookimpl
@@ -31,7 +31,7 @@ class OllamaBackend:
 
 @hookimpl
 def herd_settings() -> Sequence[Any]:
-    return (*node.SETTINGS, *shaping.SETTINGS, *substitutes.SETTINGS)
+    return node.SETTINGS
 
 
 @hookimpl

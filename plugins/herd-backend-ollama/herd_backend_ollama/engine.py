@@ -1,16 +1,16 @@
 """The Ollama engine: how a routed request reaches an Ollama endpoint. Ollama serves its own API
-and OpenAI's (and Anthropic's Messages since 0.14.0) itself, so the client's bytes go as they are,
-shaped only as ``shaping`` says; a route newer than the endpoint's Ollama fails over to the next
-node before anything is sent."""
+and OpenAI's (and Anthropic's Messages since 0.14.0) itself, so the client's bytes go as they are
+(as the request shapers left them), with router-only fields dropped and the model named as routed;
+a route newer than the endpoint's Ollama fails over to the next node before anything is sent."""
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any
 
 import aiohttp
 
-from herd_backend_ollama.shaping import Shaper
 from herd_kernel.models import Endpoint, RouteRequest
 from herd_kernel.pipeline import Outbound, UpstreamFailed
 
@@ -26,6 +26,8 @@ def parse_version(version: str | None) -> tuple[int, ...] | None:
     return tuple(int(x) for x in match.groups()) if match else None
 
 
+ROUTER_ONLY_FIELDS = ("fallback_models",)
+
 _SINCE_PARSED = {path: parse_version(v) for path, v in SINCE.items()}
 
 
@@ -34,11 +36,9 @@ class OllamaEngine:
 
     def __init__(self) -> None:
         self.services: Any = None  # bound when the router builds its routes
-        self.shaper: Shaper | None = None
 
-    def bind(self, services: Any, shaper: Shaper) -> None:
+    def bind(self, services: Any) -> None:
         self.services = services
-        self.shaper = shaper
 
     def refuses(self, route: RouteRequest) -> str | None:
         return None  # Ollama speaks every API the router serves (old releases fail over)
@@ -55,8 +55,11 @@ class OllamaEngine:
                 # pipeline goes on to the next-best node
                 raise UpstreamFailed(f"Ollama {endpoint.version} has no {route.path} "
                                      f"(needs {SINCE[route.path]})", 404)
-        assert self.shaper is not None
-        return self.shaper.outbound(route, raw, body, decision)
+        if decision.model == route.model and not any(k in body for k in ROUTER_ONLY_FIELDS):
+            return Outbound(body=raw)
+        sent = {k: v for k, v in body.items() if k not in ROUTER_ONLY_FIELDS}
+        sent["model"] = decision.model  # a fallback or a substitute: named as it was routed
+        return Outbound(body=json.dumps(sent).encode())
 
     async def warm(self, endpoint: Endpoint, model: str) -> str | None:
         """Ollama loads a model on an empty generate request: the error, or None once loaded."""

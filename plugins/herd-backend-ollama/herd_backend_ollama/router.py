@@ -15,17 +15,14 @@ import re
 from datetime import datetime
 from typing import Any
 
-import attrs
 from aiohttp import web
 from herd_api_formats.requests import FRONTS, Front, quoted_not_found
 
-from herd_backend_ollama import engine, keepalive, substitutes
+from herd_backend_ollama import engine, keepalive
 from herd_backend_ollama.engine import parse_version as _parse_version
-from herd_backend_ollama.shaping import Shaper
 from herd_kernel import __version__
-from herd_kernel.api import RouteDef
-from herd_kernel.models import AvailableModel, RouteRequest, normalize_model
-from herd_kernel.pipeline import Outbound
+from herd_kernel.api import Refusal, RouteDef
+from herd_kernel.models import normalize_model
 from herd_kernel.wire import (
     REQUEST_ID,
     BadRequest,
@@ -41,11 +38,8 @@ _quoted_not_found = quoted_not_found
 class InferenceRoute:
     """A POST route that is routed to one node: chat, generate, embeddings."""
 
-    def __init__(
-        self, services: Any, front: Front, *, shaper: Shaper, keep_alive: keepalive.KeepAlive,
-    ) -> None:
+    def __init__(self, services: Any, front: Front, *, keep_alive: keepalive.KeepAlive) -> None:
         self.services = services
-        self.shaper = shaper
         self.keep_alive = keep_alive
         self.front = front
         self.path = front.path
@@ -63,26 +57,14 @@ class InferenceRoute:
             answered = await self.keep_alive.command(route, body, keep_alive)
             if answered is not None:
                 return answered
-        served, headers, notes = route, {}, {}
-        if self.services.config["FLEET_AUTO_PULL"]:
-            failure = await self._auto_pull(route, headers)
-            if failure is not None:
-                return failure
-        if not command:
-            served = self._substitute(route, headers, notes)
-
-        engines = self.services.engines
-
-        def prepare(decision: Any) -> Outbound:
-            # the engine that serves the model there: this backend's, or another's
-            outbound = engines[decision.endpoint.kind].outbound(route, raw, body, decision)
-            if headers:
-                outbound = attrs.evolve(outbound, headers={**headers, **outbound.headers})
-            if notes:
-                shaped = outbound.summary
-                outbound = attrs.evolve(
-                    outbound, summary=lambda: {**notes, **(shaped() if shaped else {})})
-            return outbound
+        shapers = self.services.shapers
+        served, announced = route, None
+        if shapers.early:  # substitutions and auto-pull (herd-shaper-* plugins)
+            shaped = await shapers.before(route, substitute=not command)
+            if isinstance(shaped, Refusal):
+                return shapers.refuse(self.api, shaped, self.not_found, route.model)
+            served, announced = shaped
+        prepare = shapers.prepare(route, raw, body, self.services.engines, announced)
 
         response = await self.services.proxy(
             request, served, prepare, upstream_path=self.path, not_found=self.not_found
@@ -95,50 +77,6 @@ class InferenceRoute:
             if keep_alive is not None and not command:
                 self.keep_alive.spread(route, served_key, node_id, body["keep_alive"], keep_alive)
         return response
-
-    def _substitute(
-        self, route: RouteRequest, headers: dict[str, str], notes: dict[str, Any]
-    ) -> RouteRequest:
-        """Another model answers only by ``substitutes.larger_hot_sibling``'s rule: for a
-        ``num_ctx`` the cold requested model would have to load with (context protection,
-        ``strip``), or for any request with ``FLEET_VRAM_FALLBACK``. Always announced."""
-        nodes = self.services.fleet.nodes.values()
-        substitute, reason, header = None, "", ""
-        if route.num_ctx and route.api == "ollama" and self.shaper.mode == "strip":
-            substitute = substitutes.larger_hot_sibling(nodes, route.model,
-                                                        min_context=route.num_ctx)
-            reason, header = "context_upgrade", "X-Fleet-Context-Upgrade"
-        if substitute is None and self.services.config["FLEET_VRAM_FALLBACK"]:
-            substitute = substitutes.vram_substitute(nodes, route.model)
-            reason, header = "vram_fallback", "X-Fleet-Vram-Fallback"
-        if substitute is None:
-            return route
-        self.services.event(reason, model=route.model, served=substitute, num_ctx=route.num_ctx)
-        headers[header] = f"{route.model} -> {substitute}"
-        notes["substitution"] = {"reason": reason, "requested": route.model, "served": substitute}
-        return attrs.evolve(route, model=substitute, original_model=route.model)
-
-    async def _auto_pull(self, route: RouteRequest, headers: dict[str, str]) -> web.Response | None:
-        fleet = self.services.fleet
-        wanted = (route.model, *route.fallback_models)
-        if any(fleet.holders(normalize_model(m)) for m in wanted):
-            return None
-        node = substitutes.pull_target(list(fleet.nodes.values()))
-        if node is None:
-            return error_response(self.api, 503, f"no online node to pull model '{route.model}' onto",
-                                  headers={"Retry-After": "5"})
-        self.services.event("auto_pull", node_id=node.node_id, model=route.model)
-        failure = await substitutes.pull(
-            self.services, node, route.model, self.services.config["FLEET_AUTO_PULL_TIMEOUT"]
-        )
-        if failure is not None:
-            if "does not exist" in failure or "not found" in failure:
-                return error_response(self.api, 404, self.not_found(route.model))
-            return error_response(self.api, 503, f"auto-pull of '{route.model}' on "
-                                  f"{node.node_id} failed: {failure}", headers={"Retry-After": "5"})
-        fleet.add_available(node.node_id, AvailableModel(name=route.model), "ollama")
-        headers["X-Fleet-Auto-Pull"] = node.node_id
-        return None
 
 
 # --- listings -----------------------------------------------------------------------------------
@@ -432,11 +370,10 @@ class Listings:
 
 def routes(services: Any, ollama: engine.OllamaEngine) -> list[RouteDef]:
     listing = Listings(services)
-    shaper = Shaper(services.config, services.event)
-    ollama.bind(services, shaper)
+    ollama.bind(services)
     keep_alive = keepalive.KeepAlive(services)
 
-    inference = [InferenceRoute(services, front, shaper=shaper, keep_alive=keep_alive)
+    inference = [InferenceRoute(services, front, keep_alive=keep_alive)
                  for front in FRONTS.values()]
     defs = [RouteDef(method="POST", path=r.path, handler=r.handle, shared=True, priority=10)
             for r in inference]

@@ -13,7 +13,7 @@ from herd_api_formats.requests import FRONTS, Front, quoted_not_found
 from herd_backend_openai import translate
 from herd_backend_openai.engine import NATIVE, TRANSLATED
 from herd_kernel import __version__
-from herd_kernel.api import RouteDef
+from herd_kernel.api import Refusal, RouteDef
 from herd_kernel.models import normalize_model
 from herd_kernel.wire import REQUEST_ID, error_response
 
@@ -33,12 +33,15 @@ class Inference:
         request[REQUEST_ID] = route.request_id
         if route.path in (translate.CHAT, translate.GENERATE) and _is_load_command(body):
             return _loaded(route.path, route.model, body)
-        engines = services.engines
-
-        def prepare(decision: Any) -> Any:
-            return engines[decision.endpoint.kind].outbound(route, raw, body, decision)
-
-        return await services.proxy(request, route, prepare, upstream_path=route.path,
+        shapers = services.shapers
+        served, announced = route, None
+        if shapers.early:  # substitutions and auto-pull (herd-shaper-* plugins)
+            shaped = await shapers.before(route)
+            if isinstance(shaped, Refusal):
+                return shapers.refuse(route.api, shaped, self.front.not_found, route.model)
+            served, announced = shaped
+        prepare = shapers.prepare(route, raw, body, services.engines, announced)
+        return await services.proxy(request, served, prepare, upstream_path=route.path,
                                              not_found=self.front.not_found)
 
 

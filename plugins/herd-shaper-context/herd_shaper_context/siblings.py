@@ -1,35 +1,14 @@
-"""Serving a model the fleet cannot serve hot: the one rule under which a different model may
-answer (``larger_hot_sibling``), used by the opt-in VRAM fallback and by context protection's
-upgrade; and the opt-in auto-pull. Every substitution is said in response headers and the trace.
-"""
+"""The one rule under which a model the client did not name may answer
+(``larger_hot_sibling``), and what it needs to know about models: their line, their size, whether
+they think. Used by the context upgrade here and by ``herd-shaper-vram-fallback``."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 from typing import Any
 
-import aiohttp
-import structlog
-
-from herd_kernel.config import Setting
 from herd_kernel.models import AvailableModel, LoadedModel, NodeState, normalize_model
-
-log = structlog.get_logger("herd.ollama")
-
-SETTINGS = (
-    Setting(env="FLEET_VRAM_FALLBACK", type=bool, default=False,
-            help="When the requested model is loaded on no node, serve it with a strictly larger "
-            "loaded model of the same line (qwen2.5:7b -> qwen2.5:14b; never another line, never "
-            "a thinking model for a non-thinking one) and say so in X-Fleet-Vram-Fallback."),
-    Setting(env="FLEET_AUTO_PULL", type=bool, default=False,
-            help="When no node has the requested model, pull it onto the online node with the most "
-            "free disk and memory, then serve it (X-Fleet-Auto-Pull names the node)."),
-    Setting(env="FLEET_AUTO_PULL_TIMEOUT", type=float, default=900.0,
-            help="Seconds an auto-pull may take before the request fails with 503."),
-)
-
 
 _PARAMS = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMBT]?)\s*$", re.IGNORECASE)
 _SCALE = {"": 1, "K": 1e3, "M": 1e6, "B": 1e9, "T": 1e12}
@@ -101,35 +80,3 @@ def larger_hot_sibling(
             if best is None or rank < best:
                 best = rank
     return best[2] if best else None
-
-
-def vram_substitute(nodes: Iterable[NodeState], wanted: str) -> str | None:
-    """A loaded model to serve ``wanted`` with (``FLEET_VRAM_FALLBACK``), by the rule above."""
-    return larger_hot_sibling(nodes, wanted)
-
-
-def pull_target(nodes: list[NodeState]) -> NodeState | None:
-    """The online node with the most room: free disk first (the download), then memory."""
-    online = [n for n in nodes if n.routable and (e := n.endpoint("ollama")) is not None
-              and e.healthy]
-    if not online:
-        return None
-    return max(online, key=lambda n: (n.heartbeat.disk.available_gb,
-                                      n.heartbeat.memory.available_gb, n.node_id))
-
-
-async def pull(services: Any, node: NodeState, model: str, timeout: float) -> str | None:
-    """Pull ``model`` on ``node``; returns None on success, else the reason it failed."""
-    try:
-        endpoint = node.endpoint("ollama")
-        if endpoint is None:
-            return f"node {node.node_id} reports no Ollama"
-        status, raw = await services.endpoint_post(
-            endpoint.url, "/api/pull", {"model": model, "stream": False}, timeout)
-        body = json.loads(raw) if raw.strip() else None
-    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-        return f"{type(exc).__name__}: {exc}"
-    if status == 200 and isinstance(body, dict) and body.get("status") == "success":
-        return None
-    error = body.get("error") if isinstance(body, dict) else None
-    return str(error or f"HTTP {status}")

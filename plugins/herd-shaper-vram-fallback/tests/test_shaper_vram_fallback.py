@@ -1,11 +1,6 @@
-import pytest
-from herd_backend_ollama.substitutes import (
-    larger_hot_sibling,
-    model_line,
-    parameter_count,
-    pull_target,
-    vram_substitute,
-)
+"""VRAM fallback: a larger loaded model of the same line, and only that."""
+
+from herd_shaper_vram_fallback import vram_substitute
 
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, structure
@@ -22,16 +17,6 @@ def nodes(*beats):
     for b in beats:
         fleet.apply_heartbeat(structure(b, Heartbeat))
     return list(fleet.nodes.values())
-
-
-def test_line_and_parameter_size():
-    assert model_line("qwen2.5:7b") == "qwen2.5" and model_line("Qwen2.5") == "qwen2.5"
-    assert model_line("qwen2.5-coder:14b") == "qwen2.5-coder"
-    assert model_line("localhost:5000/team/m:q4") == "localhost:5000/team/m"
-    assert parameter_count({"parameter_size": "7.6B"}) == pytest.approx(7.6e9)
-    assert parameter_count({"parameter_size": "137M"}) == pytest.approx(1.37e8)
-    assert parameter_count({"parameter_size": ""}) is None
-    assert parameter_count({}) is None
 
 
 QWEN7 = m("qwen2.5:7b", "qwen2", 5, ["completion"], "7.6B")
@@ -76,23 +61,7 @@ def test_never_when_the_requested_model_is_hot_or_unknown():
     assert vram_substitute(ns, "qwen2.5:1b") is None  # on no node: nothing to compare with
 
 
-def test_a_context_upgrade_needs_the_context():
-    ns = nodes(heartbeat_payload("a", available=[QWEN7], loaded=[
-        m("qwen2.5:14b", "qwen2", 9, [], "14.8B", ctx=8192)]))
-    assert larger_hot_sibling(ns, "qwen2.5:7b", min_context=16384) is None
-    assert larger_hot_sibling(ns, "qwen2.5:7b", min_context=8192) == "qwen2.5:14b"
-
-
 def test_an_embedding_model_is_never_served_by_a_chat_model():
     ns = nodes(heartbeat_payload("a", available=[m("all-minilm", "bert", 1, ["embedding"])],
                                  loaded=[m("llama3.2:3b", "llama", 2)]))
     assert vram_substitute(ns, "all-minilm") is None
-
-
-def test_pull_target_prefers_free_disk_among_healthy_online_nodes():
-    a, b = heartbeat_payload("a"), heartbeat_payload("b")
-    a["disk"]["available_gb"], b["disk"]["available_gb"] = 50, 400
-    assert pull_target(nodes(a, b)).node_id == "b"
-    b["endpoints"][0]["healthy"] = False
-    assert pull_target(nodes(a, b)).node_id == "a"
-    assert pull_target([]) is None
