@@ -30,7 +30,7 @@ from herd_node import proxy
 
 log = structlog.get_logger("herd.node")
 
-_FIRST_RETRY_S = 0.25  # after a failed heartbeat; doubled per failure up to the interval
+_FIRST_RETRY_S = 0.1  # after a failed heartbeat; doubled per failure up to the interval
 
 
 class NodeAgent:

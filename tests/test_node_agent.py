@@ -152,7 +152,7 @@ async def test_agent_rides_out_an_ollama_restart(herd_router, herd_agent):
 
 async def test_an_agent_started_before_its_router_joins_soon_after_it_answers(
         tmp_path, unused_tcp_port):
-    """Both start at boot: a failed heartbeat is retried after 0.25 s, backing off to the
+    """Both start at boot: a failed heartbeat is retried after 0.1 s, backing off to the
     interval, so the node is routable a moment after the router answers, not an interval later
     (the interval here is 60 s; the wait below gives up long before it)."""
     url = f"http://127.0.0.1:{unused_tcp_port}"
