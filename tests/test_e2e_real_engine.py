@@ -122,3 +122,23 @@ async def test_the_listings_show_the_engines_model(router):
     async with ollama.AsyncClient(host=router.url) as client:
         listed = await client.list()
     assert "smollm2" in [m.model for m in listed.models]
+
+
+@pytest.mark.parametrize("path,body", [
+    ("/api/generate", {"model": "smollm2"}),
+    ("/api/chat", {"model": "smollm2", "messages": [], "keep_alive": "10m"}),
+    ("/api/generate", {"model": "smollm2", "keep_alive": 0}),
+])
+async def test_a_load_or_unload_is_answered_as_ollama_does_without_running_the_engine(
+        router, path, body):
+    """An empty generate or chat is Ollama's load (or unload) command; these engines keep their
+    one model loaded, so it is answered at once instead of running inference on nothing."""
+    traces = len(router.services.recent_traces)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{router.url}{path}", json=body) as r:
+            assert r.status == 200
+            answer = await r.json()
+    assert answer["done"] is True and answer["model"] == "smollm2"
+    assert answer["done_reason"] == ("unload" if body.get("keep_alive") == 0 else "load")
+    assert ("message" in answer) == (path == "/api/chat")
+    assert len(router.services.recent_traces) == traces  # nothing was routed to the engine

@@ -84,6 +84,30 @@ class Front:
         )
 
 
+def is_load(path: str, body: dict[str, Any]) -> bool:
+    """Ollama loads a model (or, with ``keep_alive: 0``, unloads it) on a generate with no prompt
+    or a chat with no messages: nothing to infer."""
+    if path == "/api/generate":
+        return not body.get("prompt") and not body.get("images")
+    return path == "/api/chat" and not body.get("messages")
+
+
+def load_answer(path: str, model: str, body: dict[str, Any]) -> web.Response:
+    """Ollama's answer to a load or unload, for engines that keep their one model loaded (an
+    OpenAI-compatible server): there is nothing to send them."""
+    from datetime import UTC, datetime
+
+    reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
+    answer: dict[str, Any] = {
+        "model": model, "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "done": True, "done_reason": reason}
+    if path == "/api/chat":
+        answer["message"] = {"role": "assistant", "content": ""}
+    else:
+        answer["response"] = ""
+    return web.json_response(answer)
+
+
 #: every inference route, as Ollama serves it (Responses since 0.13.3, Messages since 0.14.0)
 FRONTS = {f.path: f for f in (
     Front(path="/api/chat", api="ollama", stream_default=True),

@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from herd_api_formats.requests import FRONTS, Front, quoted_not_found
+from herd_api_formats.requests import FRONTS, Front, is_load, load_answer, quoted_not_found
 
 from herd_backend_ollama import engine, keepalive
 from herd_backend_ollama.engine import parse_version as _parse_version
@@ -46,6 +46,12 @@ class InferenceRoute:
         self.api = front.api
         self.not_found = front.not_found
 
+    def _only_elsewhere(self, key: str) -> bool:
+        """Some node lists the model, and none of them serves it through Ollama."""
+        kinds = {n.serving[key].kind for n in self.services.fleet.nodes.values()
+                 if key in n.serving}
+        return bool(kinds) and "ollama" not in kinds
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         raw, body = await self.services.read_json(request)  # BadRequest: the middleware answers
         route = self.front.parse(request, body)
@@ -57,6 +63,9 @@ class InferenceRoute:
             answered = await self.keep_alive.command(route, body, keep_alive)
             if answered is not None:
                 return answered
+        if is_load(self.path, body) and self._only_elsewhere(route.key):
+            # only engines that keep their one model loaded have it: nothing to send them
+            return load_answer(self.path, route.model, body)
         shapers = self.services.shapers
         served, announced = route, None
         if shapers.early:  # substitutions and auto-pull (herd-shaper-* plugins)

@@ -8,9 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from herd_api_formats.requests import FRONTS, Front, quoted_not_found
+from herd_api_formats.requests import FRONTS, Front, is_load, load_answer, quoted_not_found
 
-from herd_backend_openai import translate
 from herd_backend_openai.engine import NATIVE, TRANSLATED
 from herd_kernel import __version__
 from herd_kernel.api import Refusal, RouteDef
@@ -31,8 +30,8 @@ class Inference:
         raw, body = await services.read_json(request)  # BadRequest: the middleware answers
         route = self.front.parse(request, body)
         request[REQUEST_ID] = route.request_id
-        if route.path in (translate.CHAT, translate.GENERATE) and _is_load_command(body):
-            return _loaded(route.path, route.model, body)
+        if is_load(route.path, body):  # these engines keep their one model loaded
+            return load_answer(route.path, route.model, body)
         shapers = services.shapers
         served, announced = route, None
         if shapers.early:  # substitutions and auto-pull (herd-shaper-* plugins)
@@ -43,23 +42,6 @@ class Inference:
         prepare = shapers.prepare(route, raw, body, services.engines, announced)
         return await services.proxy(request, served, prepare, upstream_path=route.path,
                                              not_found=self.front.not_found)
-
-
-def _is_load_command(body: dict[str, Any]) -> bool:
-    """Ollama loads (or, with ``keep_alive: 0``, unloads) a model on a generate with no prompt or
-    a chat with no messages; these engines keep their one model loaded, so it is answered here."""
-    return not body.get("prompt") and not body.get("messages")
-
-
-def _loaded(path: str, model: str, body: dict[str, Any]) -> web.Response:
-    reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
-    answer: dict[str, Any] = {"model": model, "created_at": translate.created_at(),
-                              "done": True, "done_reason": reason}
-    if path == translate.CHAT:
-        answer["message"] = {"role": "assistant", "content": ""}
-    else:
-        answer["response"] = ""
-    return web.json_response(answer)
 
 
 class Listings:
