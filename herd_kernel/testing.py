@@ -82,6 +82,41 @@ class _Passthrough:
 passthrough_engines: Mapping[str, Any] = {"ollama": _Passthrough(), "openai": _Passthrough()}
 
 
+class ShaperHarness:
+    """What a front does with the shapers one plugin registers (``load_shapers``), with engines
+    that send the shaped bytes as they are: ``outbound(route, raw, body, decision)``."""
+
+    def __init__(self, shapers: Any) -> None:
+        self.shapers = shapers
+
+    def outbound(self, route: Any, raw: bytes, body: dict[str, Any], decision: Any) -> Any:
+        return self.shapers.prepare(route, raw, body, passthrough_engines)(decision)
+
+
+def fleet_nodes(*beats: Mapping[str, Any]) -> list[Any]:
+    """The registry's ``NodeState`` for each heartbeat body (``heartbeat_payload``), in order."""
+    from herd_kernel.fleet import Fleet
+    from herd_kernel.models import Heartbeat, structure
+
+    fleet = Fleet()
+    for beat in beats:
+        fleet.apply_heartbeat(structure(dict(beat), Heartbeat))
+    return list(fleet.nodes.values())
+
+
+def decision_for(model: str = "llama3.2:3b", *, loaded: Iterable[Any] = (),
+                 available: Iterable[Any] = (), key: str | None = None,
+                 kind: str = "ollama") -> Any:
+    """A routing ``Decision`` for ``model`` on one node ``n`` whose endpoint of ``kind`` holds
+    ``loaded`` and ``available`` (names or model dicts), as a shaper or engine receives it."""
+    from herd_kernel.api import Decision
+
+    [state] = fleet_nodes(heartbeat_payload("n", loaded=list(loaded), available=list(available),
+                                            kind=kind))
+    return Decision(node=state, model=model, model_key=key or model, score=0, breakdown={},
+                    endpoint=state.endpoint(kind))
+
+
 def scoring_context(
     model: str = "m",
     *,

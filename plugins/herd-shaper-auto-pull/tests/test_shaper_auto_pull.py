@@ -4,7 +4,7 @@ from herd_shaper_auto_pull import pull_target
 
 from herd_kernel.fleet import Fleet
 from herd_kernel.models import Heartbeat, structure
-from herd_kernel.testing import heartbeat_payload
+from herd_kernel.testing import fleet_nodes, heartbeat_payload
 
 
 def m(name, family, size=1, caps=(), params="", ctx=0):
@@ -12,11 +12,7 @@ def m(name, family, size=1, caps=(), params="", ctx=0):
             "details": {"family": family, "parameter_size": params}}
 
 
-def nodes(*beats):
-    fleet = Fleet()
-    for b in beats:
-        fleet.apply_heartbeat(structure(b, Heartbeat))
-    return list(fleet.nodes.values())
+nodes = fleet_nodes
 
 
 def test_pull_target_prefers_free_disk_among_healthy_online_nodes():

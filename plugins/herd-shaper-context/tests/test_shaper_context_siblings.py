@@ -3,9 +3,7 @@
 import pytest
 from herd_shaper_context.siblings import larger_hot_sibling, model_line, parameter_count
 
-from herd_kernel.fleet import Fleet
-from herd_kernel.models import Heartbeat, structure
-from herd_kernel.testing import heartbeat_payload
+from herd_kernel.testing import fleet_nodes, heartbeat_payload
 
 
 def m(name, family, size=1, caps=(), params="", ctx=0):
@@ -13,11 +11,7 @@ def m(name, family, size=1, caps=(), params="", ctx=0):
             "details": {"family": family, "parameter_size": params}}
 
 
-def nodes(*beats):
-    fleet = Fleet()
-    for b in beats:
-        fleet.apply_heartbeat(structure(b, Heartbeat))
-    return list(fleet.nodes.values())
+nodes = fleet_nodes
 
 
 def test_line_and_parameter_size():

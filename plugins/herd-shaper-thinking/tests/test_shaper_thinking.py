@@ -5,10 +5,12 @@ import json
 import pytest
 from herd_shaper_thinking import is_thinking
 
-from herd_kernel.fleet import Fleet
-from herd_kernel.models import Heartbeat, RouteRequest, structure
-from herd_kernel.scoring import Decision
-from herd_kernel.testing import heartbeat_payload, load_shapers, passthrough_engines
+from herd_kernel.models import RouteRequest
+from herd_kernel.testing import (
+    ShaperHarness,
+    decision_for,
+    load_shapers,
+)
 
 
 def loaded(name, ctx, family="llama", size=1):
@@ -16,11 +18,7 @@ def loaded(name, ctx, family="llama", size=1):
 
 
 def decision(model="llama3.2:3b", node_loaded=(), available=(), key=None, kind="ollama"):
-    fleet = Fleet()
-    state = fleet.apply_heartbeat(structure(heartbeat_payload(
-        "n", loaded=list(node_loaded), available=list(available), kind=kind), Heartbeat))
-    return Decision(node=state, model=model, model_key=key or model, score=0, breakdown={},
-                    endpoint=state.endpoint(kind))
+    return decision_for(model, loaded=node_loaded, available=available, key=key, kind=kind)
 
 
 def route(api="ollama", model="llama3.2:3b", num_ctx=None, num_predict=None):
@@ -28,15 +26,7 @@ def route(api="ollama", model="llama3.2:3b", num_ctx=None, num_predict=None):
                         num_predict=num_predict)
 
 
-class Harness:
-    """What a front does with the shapers one plugin registers, with an engine that sends the
-    shaped bytes as they are."""
-
-    def __init__(self, shapers):
-        self.shapers = shapers
-
-    def outbound(self, route, raw, body, decision):
-        return self.shapers.prepare(route, raw, body, passthrough_engines)(decision)
+Harness = ShaperHarness
 
 
 def shaper(events=None):

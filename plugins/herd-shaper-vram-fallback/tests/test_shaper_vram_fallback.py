@@ -2,9 +2,7 @@
 
 from herd_shaper_vram_fallback import vram_substitute
 
-from herd_kernel.fleet import Fleet
-from herd_kernel.models import Heartbeat, structure
-from herd_kernel.testing import heartbeat_payload
+from herd_kernel.testing import fleet_nodes, heartbeat_payload
 
 
 def m(name, family, size=1, caps=(), params="", ctx=0):
@@ -12,11 +10,7 @@ def m(name, family, size=1, caps=(), params="", ctx=0):
             "details": {"family": family, "parameter_size": params}}
 
 
-def nodes(*beats):
-    fleet = Fleet()
-    for b in beats:
-        fleet.apply_heartbeat(structure(b, Heartbeat))
-    return list(fleet.nodes.values())
+nodes = fleet_nodes
 
 
 QWEN7 = m("qwen2.5:7b", "qwen2", 5, ["completion"], "7.6B")
