@@ -142,3 +142,15 @@ async def test_a_load_or_unload_is_answered_as_ollama_does_without_running_the_e
     assert answer["done_reason"] == ("unload" if body.get("keep_alive") == 0 else "load")
     assert ("message" in answer) == (path == "/api/chat")
     assert len(router.services.recent_traces) == traces  # nothing was routed to the engine
+
+
+async def test_show_describes_an_engines_model_from_its_listing(router):
+    """Open WebUI and the ollama client ask /api/show; a llama.cpp engine has none, so the route
+    answers from what the endpoint listed (said in a header)."""
+    async with ollama.AsyncClient(host=router.url) as client:
+        shown = await client.show("smollm2")
+    assert shown.capabilities == ["completion"] and shown.template == ""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{router.url}/api/show", json={"model": "smollm2"}) as r:
+            assert r.status == 200 and r.headers["X-Fleet-Node"] == NODE
+            assert "endpoint's listing" in r.headers["X-Fleet-Described"]

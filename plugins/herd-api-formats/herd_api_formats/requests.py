@@ -108,6 +108,31 @@ def load_answer(path: str, model: str, body: dict[str, Any]) -> web.Response:
     return web.json_response(answer)
 
 
+_EPOCH = "1970-01-01T00:00:00Z"
+
+
+def show_from_listing(key: str, node: Any) -> web.Response:
+    """Ollama's ``/api/show`` for a model an engine without one serves (an OpenAI-compatible
+    server): what its endpoint reported, with no Modelfile, template or weights metadata to show,
+    said in ``X-Fleet-Described``."""
+    listed = node.available.get(key) or node.loaded.get(key)
+    loaded = node.loaded.get(key)
+    endpoint = node.serving[key]
+    # what it runs with, else what it was trained for
+    context = (loaded.context_length if loaded is not None else 0) or \
+        (listed.context_length if listed is not None else 0)
+    body: dict[str, Any] = {
+        "license": "", "modelfile": "", "parameters": "", "template": "",
+        "details": {"parent_model": "", "format": "", "family": "", "families": None,
+                    "parameter_size": "", "quantization_level": ""},
+        "model_info": {"general.context_length": context} if context else {},
+        "capabilities": list(getattr(listed, "capabilities", ()) or ("completion",)),
+        "modified_at": getattr(listed, "modified_at", None) or _EPOCH}
+    return web.json_response(body, headers={
+        "X-Fleet-Node": node.node_id,
+        "X-Fleet-Described": f"from the {endpoint.engine or endpoint.kind} endpoint's listing"})
+
+
 #: every inference route, as Ollama serves it (Responses since 0.13.3, Messages since 0.14.0)
 FRONTS = {f.path: f for f in (
     Front(path="/api/chat", api="ollama", stream_default=True),

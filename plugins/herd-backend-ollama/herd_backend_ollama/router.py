@@ -16,7 +16,14 @@ from datetime import datetime
 from typing import Any
 
 from aiohttp import web
-from herd_api_formats.requests import FRONTS, Front, is_load, load_answer, quoted_not_found
+from herd_api_formats.requests import (
+    FRONTS,
+    Front,
+    is_load,
+    load_answer,
+    quoted_not_found,
+    show_from_listing,
+)
 
 from herd_backend_ollama import engine, keepalive
 from herd_backend_ollama.engine import parse_version as _parse_version
@@ -353,6 +360,9 @@ class Listings:
         holders = [n for n in services.fleet.holders(key)
                    if n.routable and (e := n.serving.get(key)) is not None and e.kind == "ollama"]
         if not holders:
+            elsewhere = [n for n in services.fleet.holders(key) if n.routable and key in n.serving]
+            if elsewhere:  # served by another kind of engine, which has no /api/show
+                return show_from_listing(key, min(elsewhere, key=lambda n: n.node_id))
             known = bool(services.fleet.holders(key))
             if known:
                 return error_response("ollama", 503, f"no node holding model '{model}' is online")
@@ -395,7 +405,7 @@ def routes(services: Any, ollama: engine.OllamaEngine) -> list[RouteDef]:
         defs.append(RouteDef(method="HEAD", path=path, handler=handler, shared=True, priority=10))
     defs += [
         RouteDef(method="GET", path="/api/ps", handler=listing.ps, shared=True, priority=10),
-        RouteDef(method="POST", path="/api/show", handler=listing.show),
+        RouteDef(method="POST", path="/api/show", handler=listing.show, shared=True, priority=10),
         RouteDef(method="GET", path="/v1/models", handler=listing.v1_models, shared=True,
                  priority=10),
         RouteDef(method="GET", path="/v1/models/{model:.+}", handler=listing.v1_model,

@@ -8,7 +8,14 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
-from herd_api_formats.requests import FRONTS, Front, is_load, load_answer, quoted_not_found
+from herd_api_formats.requests import (
+    FRONTS,
+    Front,
+    is_load,
+    load_answer,
+    quoted_not_found,
+    show_from_listing,
+)
 
 from herd_backend_openai.engine import NATIVE, TRANSLATED
 from herd_kernel import __version__
@@ -49,6 +56,7 @@ class Listings:
     ``/api/tags`` and ``/api/ps`` show them; rebuilt only when the fleet changes."""
 
     def __init__(self, services: Any) -> None:
+        self.services = services
         self.fleet = services.fleet
         self.seen = -1  # the fleet version the models were built at
         self.models: dict[str, tuple[str, list[str], bool]] = {}  # key -> (name, nodes, loaded)
@@ -94,6 +102,18 @@ class Listings:
     async def version(self, request: web.Request) -> web.Response:
         return web.json_response({"version": SPOKEN_VERSION, "herd_version": __version__})
 
+    async def show(self, request: web.Request) -> web.Response:
+        raw, body = await self.services.read_json(request, 1024 * 1024)
+        model = body.get("model") or body.get("name")
+        if not isinstance(model, str) or not model:
+            return error_response("ollama", 400, "model is required")
+        key = normalize_model(model)
+        holders = [n for n in self.fleet.nodes.values()
+                   if n.routable and key in n.serving and n.serving[key].kind == "openai"]
+        if not holders:
+            return error_response("ollama", 404, quoted_not_found(model))
+        return show_from_listing(key, min(holders, key=lambda n: n.node_id))
+
     async def root(self, request: web.Request) -> web.Response:
         return web.Response(text="Ollama is running", content_type="text/plain", charset="utf-8")
 
@@ -121,6 +141,7 @@ def routes(services: Any) -> list[RouteDef]:
         ("GET", "/api/tags", listing.tags),
         ("HEAD", "/api/tags", listing.tags),
         ("GET", "/api/ps", listing.ps),
+        ("POST", "/api/show", listing.show),
         ("GET", "/api/version", listing.version),
         ("HEAD", "/api/version", listing.version),
         ("GET", "/", listing.root),
