@@ -144,6 +144,21 @@ async def test_a_load_or_unload_is_answered_as_ollama_does_without_running_the_e
     assert len(router.services.recent_traces) == traces  # nothing was routed to the engine
 
 
+@pytest.mark.parametrize("path,body,answer", [
+    ("/api/embed", {"model": "smollm2"}, {"model": "smollm2", "embeddings": []}),
+    ("/api/embed", {"model": "smollm2", "input": []}, {"model": "smollm2", "embeddings": []}),
+    ("/api/embed", {"model": "smollm2", "input": ""}, {"model": "smollm2", "embeddings": []}),
+    ("/api/embeddings", {"model": "smollm2", "prompt": ""}, {"embedding": []}),
+])
+async def test_an_embed_of_nothing_is_no_vectors_as_in_ollama(router, path, body, answer):
+    traces = len(router.services.recent_traces)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{router.url}{path}", json=body) as r:
+            assert r.status == 200
+            assert await r.json() == answer
+    assert len(router.services.recent_traces) == traces
+
+
 async def test_show_describes_an_engines_model_from_its_listing(router):
     """Open WebUI and the ollama client ask /api/show; a llama.cpp engine has none, so the route
     answers from what the endpoint listed (said in a header)."""

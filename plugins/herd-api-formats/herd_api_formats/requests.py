@@ -85,18 +85,27 @@ class Front:
 
 
 def is_load(path: str, body: dict[str, Any]) -> bool:
-    """Ollama loads a model (or, with ``keep_alive: 0``, unloads it) on a generate with no prompt
-    or a chat with no messages: nothing to infer."""
+    """Nothing to infer: Ollama loads a model (or, with ``keep_alive: 0``, unloads it) on a
+    generate with no prompt or a chat with no messages, and answers an embed of no input with no
+    vectors (``""``, missing or ``[]``; the legacy route: an empty ``prompt``)."""
     if path == "/api/generate":
         return not body.get("prompt") and not body.get("images")
+    if path == "/api/embed":
+        return body.get("input") in (None, "", [])
+    if path == "/api/embeddings":
+        return not body.get("prompt")
     return path == "/api/chat" and not body.get("messages")
 
 
 def load_answer(path: str, model: str, body: dict[str, Any]) -> web.Response:
-    """Ollama's answer to a load or unload, for engines that keep their one model loaded (an
-    OpenAI-compatible server): there is nothing to send them."""
+    """Ollama's answer when there is nothing to infer (``is_load``), for engines that keep their
+    one model loaded (an OpenAI-compatible server): there is nothing to send them."""
     from datetime import UTC, datetime
 
+    if path == "/api/embed":
+        return web.json_response({"model": model, "embeddings": []})
+    if path == "/api/embeddings":
+        return web.json_response({"embedding": []})
     reason = "unload" if body.get("keep_alive") in (0, "0", "0s") else "load"
     answer: dict[str, Any] = {
         "model": model, "created_at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
