@@ -169,3 +169,18 @@ async def test_show_describes_an_engines_model_from_its_listing(router):
         async with http.post(f"{router.url}/api/show", json={"model": "smollm2"}) as r:
             assert r.status == 200 and r.headers["X-Fleet-Node"] == NODE
             assert "endpoint's listing" in r.headers["X-Fleet-Described"]
+
+
+async def test_the_engines_own_name_for_the_model_is_used_and_said(router):
+    """llama.cpp matches names exactly; a client may write them as Ollama allows (any case, a
+    :latest tag). The engine gets its own spelling, and the client hears of it."""
+    async with openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused") as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="SmolLM2:latest", messages=MESSAGES, temperature=0, max_tokens=8)
+    assert raw.headers["X-Fleet-Engine-Model"] == "smollm2"
+    assert raw.parse().choices[0].message.content
+    assert last_trace(router).details["engine_model"] == "smollm2"
+    async with openai.AsyncOpenAI(base_url=f"{router.url}/v1", api_key="unused") as client:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="smollm2", messages=MESSAGES, temperature=0, max_tokens=8)
+    assert "X-Fleet-Engine-Model" not in raw.headers

@@ -68,19 +68,25 @@ class OpenAIEngine:
     ) -> Outbound:
         endpoint: Endpoint = decision.endpoint
         name = listed_name(endpoint, decision.model_key) or decision.model
+        # the engine matches names exactly: it gets the model as it listed it, and says so
+        renamed = {"X-Fleet-Engine-Model": name} if name != body.get("model") else {}
         if route.path in NATIVE:
-            if body.get("model") == name and not any(k in body for k in ROUTER_ONLY_FIELDS):
+            if not renamed and not any(k in body for k in ROUTER_ONLY_FIELDS):
                 return Outbound(body=raw, path=route.path, dialect="openai")
             sent = {k: v for k, v in body.items() if k not in ROUTER_ONLY_FIELDS}
             sent["model"] = name
-            return Outbound(body=json.dumps(sent).encode(), path=route.path, dialect="openai")
+            return Outbound(body=json.dumps(sent).encode(), path=route.path, dialect="openai",
+                            headers=renamed,
+                            summary=(lambda: {"engine_model": name}) if renamed else None)
         try:
             path, sent, dropped = translate.to_openai(route.path, body, name,
                                                       engine=endpoint.engine)
         except translate.TranslationError as exc:
             raise BadRequest(str(exc)) from None
-        headers: dict[str, str] = {"X-Fleet-Translated": f"{route.path} -> {path}"}
+        headers: dict[str, str] = {"X-Fleet-Translated": f"{route.path} -> {path}", **renamed}
         details: dict[str, Any] = {"translated": {"from": route.path, "to": path}}
+        if renamed:
+            details["engine_model"] = name
         dropped = [d for d in dropped if d not in ROUTER_ONLY_FIELDS]
         if dropped:
             headers["X-Fleet-Dropped"] = ",".join(dropped)
