@@ -27,6 +27,7 @@ from herd_kernel.launch import (
     report_plugins,
     run_loop,
     setting_flags,
+    with_plugin_flags,
 )
 from herd_kernel.logs import setup_logging
 from herd_kernel.plugins import PluginError, PluginHost
@@ -48,7 +49,7 @@ def _agent_settings() -> tuple[Setting, ...]:
 # --- herd ---------------------------------------------------------------------------------------
 
 
-def _router_parser() -> argparse.ArgumentParser:
+def _router_parser(commands: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="herd", description="Herd router: one URL for every AI engine in the house."
     )
@@ -65,6 +66,8 @@ def _router_parser() -> argparse.ArgumentParser:
     parser.add_argument("--demo", action="store_true",
                         help="also start a simulated fleet (herd-sim) with a node agent each")
     parser.add_argument("--demo-nodes", type=int, default=3, help="simulated nodes for --demo")
+    if not commands:  # the options alone: read before the plugins (and their flags) are known
+        return parser
     sub = parser.add_subparsers(dest="command")
     plugins = sub.add_parser("plugins", help="list installed plugins and what each registers")
     plugins.add_argument("--json", action="store_true", help="machine-readable output")
@@ -96,25 +99,29 @@ def _router_parser() -> argparse.ArgumentParser:
 
 
 def herd_main(argv: Sequence[str] | None = None) -> int:
-    args = _router_parser().parse_args(argv)
+    parser = _router_parser()
+    # plugins declare flags too (``Setting.flag``, e.g. an engine's URL for the built-in agent):
+    # the options known without them first, then everything, strictly, once they are loaded
+    early, _rest = _router_parser(commands=False).parse_known_args(argv)
     flags = {
-        **setting_flags(args, _agent_settings()),
-        "FLEET_HOST": args.host,
-        "FLEET_PORT": args.port,
-        "FLEET_PLUGINS": getattr(args, "plugins_sub", None) or args.plugins,
-        "FLEET_DATA_DIR": args.data_dir,
-        "FLEET_LOG_LEVEL": args.log_level,
-        "FLEET_SECRET": args.secret,
+        **setting_flags(early, _agent_settings()),
+        "FLEET_HOST": early.host,
+        "FLEET_PORT": early.port,
+        "FLEET_PLUGINS": early.plugins,  # also `herd plugins --plugins X`
+        "FLEET_DATA_DIR": early.data_dir,
+        "FLEET_LOG_LEVEL": early.log_level,
+        "FLEET_SECRET": early.secret,
     }
-    if args.command in ("nodes", "enroll"):
-        return _admin_command(args, flags)
-    if args.demo and args.host is None and "FLEET_HOST" not in os.environ:
+    if early.demo and early.host is None and "FLEET_HOST" not in os.environ:
         flags["FLEET_HOST"] = "127.0.0.1"  # a demo has no business on the LAN
     try:
         host, config = load((*ROUTER_SETTINGS, *_agent_settings()), flags, "FLEET_PLUGINS")
+        args, config = with_plugin_flags(parser, argv, host, config)
     except (SettingError, PluginError) as exc:
         print(f"herd: {exc}", file=sys.stderr)
         return 2
+    if args.command in ("nodes", "enroll"):
+        return _admin_command(args, flags)
     if args.command == "plugins":
         return _plugins_command(host, config, as_json=args.json)
     if args.command == "settings":

@@ -10,10 +10,10 @@ import asyncio
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from typing import Any
 
-from herd_kernel.config import Config, Setting, resolve
+from herd_kernel.config import Config, Setting, SettingError, parse_value, resolve
 from herd_kernel.plugins import PluginError, PluginHost, parse_selection
 
 
@@ -42,9 +42,13 @@ def add_setting_flags(parser: argparse.ArgumentParser, specs: Iterable[Setting])
     """Command-line flags for the settings that declare one (``Setting.flag``)."""
     for spec in specs:
         if spec.flag:
-            parser.add_argument(spec.flag, dest=spec.env, default=None,
-                                action="append" if spec.repeat else "store",
-                                help=f"{spec.help} ({spec.env})")
+            try:
+                parser.add_argument(spec.flag, dest=spec.env, default=None,
+                                    action="append" if spec.repeat else "store",
+                                    help=f"{spec.help} ({spec.env})")
+            except argparse.ArgumentError as exc:  # a plugin's flag that another already has
+                raise SettingError(f"{spec.env} declares the flag {spec.flag}, which is taken: "
+                                   f"{exc}") from None
 
 
 def setting_flags(args: argparse.Namespace, specs: Iterable[Setting]) -> dict[str, Any]:
@@ -55,6 +59,20 @@ def setting_flags(args: argparse.Namespace, specs: Iterable[Setting]) -> dict[st
         if value is not None:
             flags[spec.env] = ",".join(value) if spec.repeat else value
     return flags
+
+
+def with_plugin_flags(parser: argparse.ArgumentParser, argv: Sequence[str] | None,
+                      host: PluginHost, config: Config) -> tuple[argparse.Namespace, Config]:
+    """Parse ``argv`` again, strictly, with the flags the loaded plugins' settings declare (a
+    command reads what it knows first, then loads the plugins the settings select): the parsed
+    arguments, and ``config`` with those flags' values. A flag no loaded plugin declares is
+    argparse's error (exit 2)."""
+    specs = [spec for spec in host.settings() if spec.flag]
+    add_setting_flags(parser, specs)
+    args = parser.parse_args(argv)
+    given = setting_flags(args, specs)
+    return args, config.with_overrides(**{spec.env: parse_value(spec, given[spec.env])
+                                          for spec in specs if spec.env in given})
 
 
 def report_plugins(host: PluginHost, prog: str) -> None:

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from herd_kernel import __version__
-from herd_kernel.config import ROUTER_SETTINGS, Config, SettingError, parse_value
+from herd_kernel.config import ROUTER_SETTINGS, Config, SettingError
 from herd_kernel.launch import (
     add_setting_flags,
     load,
@@ -19,6 +19,7 @@ from herd_kernel.launch import (
     report_plugins,
     run_loop,
     setting_flags,
+    with_plugin_flags,
 )
 from herd_kernel.logs import setup_logging
 from herd_kernel.plugins import PluginError, PluginHost
@@ -62,14 +63,8 @@ def node_main(argv: Sequence[str] | None = None) -> int:
     except (SettingError, PluginError) as exc:
         print(f"herd-node: {exc}", file=sys.stderr)
         return 2
-    plugin_specs = [s for s in host.settings() if s.flag]
-    add_setting_flags(parser, plugin_specs)
     try:
-        # now strict: a flag no loaded plugin declares is an error (argparse exits with 2)
-        extra = setting_flags(parser.parse_args(argv), plugin_specs)
-        config = config.with_overrides(**{
-            spec.env: parse_value(spec, extra[spec.env]) for spec in plugin_specs
-            if spec.env in extra})
+        _args, config = with_plugin_flags(parser, argv, host, config)
     except SettingError as exc:
         print(f"herd-node: {exc}", file=sys.stderr)
         return 2

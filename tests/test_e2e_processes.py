@@ -214,3 +214,41 @@ async def test_openai_url_without_the_openai_backend_is_a_clear_error(tmp_path):
     _out, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 2
     assert "unrecognized arguments: --openai-url" in err.decode()
+
+
+async def test_the_routers_built_in_agent_attaches_an_engine_given_by_flag(tmp_path, llama_server):
+    """`herd --openai-url URL` (the OpenAI backend's flag, read once the plugins are loaded):
+    the router's own agent reports the engine on this machine, and it answers through Herd."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    router = await spawn("herd_kernel.cli", "--plugins", "backend-openai", "--host", "127.0.0.1",
+                         "--port", str(port), "--openai-url", llama_server,
+                         "--ollama-host", "http://127.0.0.1:9",
+                         env={"FLEET_DATA_DIR": str(tmp_path), "FLEET_NODE_DATA_DIR": str(tmp_path)})
+    try:
+        async def listed() -> bool:
+            status = await fleet_status(url)
+            return bool(status and status["nodes"] and status["nodes"][0]["endpoints"]
+                        and status["nodes"][0]["endpoints"][0]["models_available"])
+
+        await wait_for(listed, timeout=30, interval=0.1)
+        [entry] = (await fleet_status(url))["nodes"]
+        assert [e["url"] for e in entry["endpoints"]] == [llama_server]
+    finally:
+        code, err = await stop(router)
+        assert code == 0, err
+
+
+test_the_routers_built_in_agent_attaches_an_engine_given_by_flag = pytest.mark.real_engine(
+    test_the_routers_built_in_agent_attaches_an_engine_given_by_flag)
+
+
+async def test_a_flag_no_loaded_plugin_declares_is_refused(tmp_path):
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "herd_kernel.cli", "--plugins", "backend-ollama",
+        "--openai-url", "http://127.0.0.1:8080", "plugins",
+        env={**os.environ, "FLEET_DATA_DIR": str(tmp_path)},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    # argparse's usage error (with subcommands it names the value it could not place)
+    assert proc.returncode == 2 and err.decode().startswith("usage: herd") and not out
