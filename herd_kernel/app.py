@@ -104,7 +104,6 @@ class Services:
         # routing events (context protection, fallbacks...) for health checks and the dashboard
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
-        self.upstream: Upstream  # the routed requests' own lean client, likewise
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
         self.body_timeout = float(config["FLEET_BODY_TIMEOUT"])
         self.nonces = auth.NonceCache()
@@ -756,7 +755,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         ),
         auto_decompress=True,
     )
-    services.upstream = services.pipeline.upstream = Upstream(
+    services.pipeline.upstream = Upstream(  # the routed requests' own lean client
         connect_timeout=config["FLEET_CONNECT_TIMEOUT"], read_timeout=config["FLEET_READ_TIMEOUT"])
     await services.store.open()
     recent = await services.store.recent_latencies(WINDOW)
@@ -780,5 +779,5 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await asyncio.gather(sweeper, queue_pass, return_exceptions=True)
         await services.queues.close()
         await services.http.close()
-        await services.upstream.close()
+        await services.pipeline.upstream.close()
         await services.store.close()
