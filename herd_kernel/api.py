@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
-from attrs import field, frozen
+from attrs import define, field, frozen
 
 from herd_kernel.models import AvailableModel, Endpoint, LoadedModel, NodeState, RouteRequest
 
@@ -308,6 +308,9 @@ Severity = Literal["info", "warning", "critical"]
 
 @frozen(kw_only=True)
 class Finding:
+    """What a check found. ``detail`` is plain prose with the numbers that triggered it; ``advice``
+    is a fix a person can act on (the API shows them as ``description`` and ``fix``)."""
+
     check_id: str
     severity: Severity
     title: str
@@ -317,15 +320,69 @@ class Finding:
     data: Mapping[str, Any] = field(factory=dict)
 
 
+@define(slots=True)
+class Tally:
+    """Finished requests over a window, counted as each trace is recorded (O(1), never a query).
+    A request counts once in ``requests`` and once in the status it ended with."""
+
+    requests: int = 0
+    completed: int = 0
+    failed: int = 0  # the router or the nodes could not answer (incomplete streams included)
+    rejected: int = 0  # refused before an answer began: no node, bad body, shutting down
+    client_disconnects: int = 0
+    incomplete_streams: int = 0  # a stream that failed after its first bytes reached the client
+    timeouts: int = 0  # requests with an attempt that timed out (connect, read, no progress)
+    retried: int = 0  # requests that needed another node
+    retries: int = 0  # attempts beyond the first, summed
+    fallbacks: int = 0  # served by a model other than the one the client asked for
+    cold_loads: int = 0  # completed on a node that did not hold the model in memory
+    ttft_ms_sum: float = 0.0
+    ttft_count: int = 0
+    latency_ms_sum: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def errors(self) -> int:
+        """Requests the fleet failed (not the client's doing, not a refusal)."""
+        return self.failed
+
+
+@frozen(kw_only=True)
+class Window:
+    """The traces and routing events of the last ``seconds``: fleet-wide, per node, per model."""
+
+    seconds: float
+    total: Tally
+    by_node: Mapping[str, Tally]
+    by_model: Mapping[str, Tally]  # normalized model name
+    events: Mapping[str, int]  # routing event kind -> count
+    node_events: Mapping[str, Mapping[str, int]]  # node_id -> event kind -> count
+
+
+@frozen(kw_only=True)
+class HealthSnapshot:
+    """One consistent, read-only view of the fleet that every check evaluates: the registry as
+    ``/fleet/status`` shows it, the last hour and day of traces and events, the store's counters."""
+
+    now: float  # wall clock
+    router_version: str
+    status: Mapping[str, Any]  # the /fleet/status body
+    hour: Window
+    day: Window
+    events: Sequence[Mapping[str, Any]]  # recent routing events, oldest first (bounded)
+    trace_store: Mapping[str, int]  # written, dropped, failed, queued (empty without a store)
+
+
 class HealthCheck(Protocol):
-    """One health check. ``evaluate`` gets a read-only fleet snapshot (a dict shaped like
-    ``/fleet/status``) and returns findings; it must be fast and free of I/O. A check that raises
-    becomes a ``check-crashed`` finding naming the plugin."""
+    """One health check. ``evaluate`` gets the snapshot and returns findings (none when all is
+    well: a quiet, healthy fleet shows nothing); it must be fast and free of I/O. A check that
+    raises becomes a ``check-crashed`` finding naming the plugin."""
 
     id: str
     title: str
 
-    def evaluate(self, snapshot: Mapping[str, Any]) -> Sequence[Finding]: ...
+    def evaluate(self, snapshot: HealthSnapshot) -> Sequence[Finding]: ...
 
 
 # --- dashboard panels --------------------------------------------------------------------------
