@@ -143,6 +143,10 @@ class RouteDef:
     #: offer it, the highest ``priority`` serves it, and it reaches every backend's engines
     shared: bool = False
     priority: int = 0
+    #: who may call it: anyone (``public``), or behind the ``/fleet/*`` guard: ``read`` (open
+    #: until FLEET_ADMIN_KEY is set, then the key or loopback) or ``write`` (loopback or the key,
+    #: a JSON body, no foreign Origin)
+    access: Literal["public", "read", "write"] = "public"
 
 
 @frozen(kw_only=True)

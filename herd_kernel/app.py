@@ -597,6 +597,11 @@ def _dumps(obj: Any) -> str:
 # --- the factory --------------------------------------------------------------------------------
 
 
+_KERNEL_ROUTES = {("POST", "/heartbeat"), ("GET", "/fleet/status"), ("GET", "/fleet/queue"),
+                  ("GET", "/fleet/traces"), ("GET", "/fleet/nodes"), ("POST", "/fleet/enroll"),
+                  ("GET", "/fleet/hello")}
+
+
 def create_app(config: Config, host: PluginHost) -> web.Application:
     services = Services(config, host)
     app = web.Application(
@@ -625,8 +630,16 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
                                    f"{held[0]!r} and {backend.name!r}")
             if held is None or route.priority > held[1].priority:
                 claimed[key] = (backend.name, route)
+    for owner, route in host.routes(services):
+        key = (route.method.upper(), route.path)
+        if key in claimed or key in _KERNEL_ROUTES:
+            raise RuntimeError(f"{route.method} {route.path} of plugin {owner!r} is taken")
+        claimed[key] = (owner, route)
     for _name, route in claimed.values():
-        app.router.add_route(route.method, route.path, route.handler, name=route.name)
+        handler = route.handler
+        if route.access != "public":
+            handler = admin_route(handler, write=route.access == "write")
+        app.router.add_route(route.method, route.path, handler, name=route.name)
     app.cleanup_ctx.append(_lifecycle)
     app.on_startup.append(lambda app: app[SERVICES].admission.open())
     return app

@@ -126,6 +126,16 @@ class HerdSpec:
         """
 
     @hookspec
+    def herd_routes(self, services: RouterAPI) -> Sequence[RouteDef]:
+        """Serve HTTP routes on the router that are not a client API (router).
+
+        Called once as the app is built. Return ``herd_kernel.api.RouteDef`` objects, e.g.
+        analytics under ``/dashboard/api/``. ``RouteDef.access`` says who may call one: ``read``
+        and ``write`` get the ``/fleet/*`` guard (owner or admin key; writes need a JSON body and
+        no foreign origin). A path already taken by another plugin or the kernel is an error.
+        """
+
+    @hookspec
     def herd_request_finished(self, trace: Trace) -> None:
         """A proxied request has finished (completed, failed or abandoned by its client).
 

@@ -241,6 +241,10 @@ class PluginHost:
         pairs = self._collect("herd_health_checks", None, ("id", "evaluate"), config=config)
         return self._unique("herd_health_checks", pairs, "id")
 
+    def routes(self, services: Any) -> list[tuple[str, Any]]:
+        """(plugin, RouteDef) for every route plugins serve beside the client APIs."""
+        return self._collect("herd_routes", None, ("method", "path", "handler"), services=services)
+
     def lane_policies(self, config: Config) -> list[Any]:
         pairs = self._collect("herd_lane_policies", None, ("name",), config=config)
         return self._unique("herd_lane_policies", pairs, "name")

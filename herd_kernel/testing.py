@@ -342,3 +342,54 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterable[str]:
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def health_snapshot(
+    *heartbeats: Mapping[str, Any],
+    status: Mapping[str, str] | None = None,
+    hour: Any = None,
+    day: Any = None,
+    events: Iterable[Mapping[str, Any]] = (),
+    trace_store: Mapping[str, int] | None = None,
+    now: float | None = None,
+) -> Any:
+    """A ``HealthSnapshot`` for a health check's tests, with no server: each heartbeat (see
+    ``heartbeat_payload``) applied to a real registry and shown by the real ``/fleet/status``
+    view; ``status`` sets nodes' statuses (``{"n1": "offline"}``); ``hour`` and ``day`` are
+    ``Window``s (``tally_window``); the rest as ``HealthSnapshot`` holds them."""
+    from herd_kernel import __version__
+    from herd_kernel.api import HealthSnapshot
+    from herd_kernel.app import Services, fleet_status
+    from herd_kernel.models import Heartbeat, structure
+
+    host = PluginHost(load_entry_points=False)  # the kernel's own view, no plugin in it
+    services = Services(make_config(host, {"FLEET_DATA_DIR": "/nonexistent"}), host)
+    for payload in heartbeats:
+        services.fleet.apply_heartbeat(structure(dict(payload), Heartbeat), admission="local")
+    for node_id, value in (status or {}).items():
+        services.fleet.nodes[node_id].status = value  # type: ignore[assignment]
+    return HealthSnapshot(
+        now=time.time() if now is None else now, router_version=__version__,
+        status=fleet_status(services), hour=hour or tally_window(3600), day=day or tally_window(86400),
+        events=tuple(events), trace_store=dict(trace_store or {}))
+
+
+def tally_window(seconds: float = 3600, *, total: Mapping[str, Any] | None = None,
+                 by_node: Mapping[str, Mapping[str, Any]] | None = None,
+                 by_model: Mapping[str, Mapping[str, Any]] | None = None,
+                 events: Mapping[str, int] | None = None,
+                 node_events: Mapping[str, Mapping[str, int]] | None = None) -> Any:
+    """A ``Window`` from plain counts: ``tally_window(by_node={"n1": {"requests": 40,
+    "failed": 12}})``; ``total`` defaults to the sum of ``by_node``."""
+    from herd_kernel.api import Tally, Window
+
+    nodes = {k: Tally(**v) for k, v in (by_node or {}).items()}
+    if total is None:
+        summed = Tally()
+        for tally in nodes.values():
+            for name in attrs.fields_dict(Tally):
+                setattr(summed, name, getattr(summed, name) + getattr(tally, name))
+    return Window(seconds=seconds, total=summed if total is None else Tally(**total),
+                  by_node=nodes, by_model={k: Tally(**v) for k, v in (by_model or {}).items()},
+                  events=dict(events or {}), node_events={k: dict(v) for k, v in
+                                                          (node_events or {}).items()})
