@@ -361,6 +361,9 @@ def _endpoint_view(fleet: Fleet, state: NodeState, endpoint: Endpoint) -> dict[s
             for m in endpoint.models_loaded
         ],
         "models_available": [m.name for m in endpoint.models_available],
+        # their size on disk (weights): what a loaded copy holds beyond it is context (KV cache)
+        "models_available_gb": {m.name: round(m.size_bytes / 1024**3, 3)
+                                for m in endpoint.models_available},
     }
 
 
