@@ -31,6 +31,10 @@ from herd_node import proxy
 log = structlog.get_logger("herd.node")
 
 _FIRST_RETRY_S = 0.1  # after a failed heartbeat; doubled per failure up to the interval
+# Router and node often start together (at boot, or `herd` and `herd-node` side by side): until
+# the router has answered once, a refused connection means "not listening yet", so look again
+# this soon, for this long, before backing off. A refused local connect costs next to nothing.
+_BOOT_RETRY_S, _BOOT_WINDOW_S = 0.02, 10.0
 
 
 class NodeAgent:
@@ -53,6 +57,7 @@ class NodeAgent:
         self.advertised_ollama: str | None = None  # the LAN proxy's URL, when it runs
         self.heartbeats_sent = 0
         self.failures = 0
+        self.refused = False
         self.last_status: str | None = None
         self._stopping = asyncio.Event()
         self._static = {
@@ -144,6 +149,7 @@ class NodeAgent:
                     raise RuntimeError(f"router said {response.status}: {body}")
         except Exception as exc:  # noqa: BLE001 - the router may be down; keep trying
             self.failures += 1
+            self.refused = isinstance(getattr(exc, "os_error", None), ConnectionRefusedError)
             if self.failures == 1 or self.failures % 12 == 0:
                 log.warning("heartbeat failed", router=self.router_url, error=repr(exc),
                             failures=self.failures)
@@ -227,7 +233,7 @@ class NodeAgent:
             proxy_runner = await self._start_proxy()
             await self.host.lifecycle("herd_startup", self)
             loop = asyncio.get_running_loop()
-            next_tick = loop.time()
+            next_tick = started = loop.time()
             while not self._stopping.is_set():
                 payload = await self.collect()
                 sent = await self.send(payload)
@@ -242,6 +248,9 @@ class NodeAgent:
                     # soon, backing off to the interval, so the node is routable within a moment
                     # of the router answering rather than a whole interval later
                     retry = min(self.interval, _FIRST_RETRY_S * 2 ** min(self.failures - 1, 8))
+                    if self.refused and not self.heartbeats_sent and \
+                            now - started < _BOOT_WINDOW_S:
+                        retry = _BOOT_RETRY_S
                     next_tick = min(next_tick, now + retry)
                 try:
                     await asyncio.wait_for(self._stopping.wait(), timeout=next_tick - now)

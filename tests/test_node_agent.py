@@ -150,6 +150,22 @@ async def test_agent_rides_out_an_ollama_restart(herd_router, herd_agent):
         await node.stop()
 
 
+async def test_until_its_router_first_answers_an_agent_looks_again_at_once(
+        tmp_path, unused_tcp_port):
+    """At boot a refused connection means the router is not listening yet: the agent retries
+    every few tens of milliseconds (backing off 0.1, 0.2, 0.4 s... it would take minutes to fail
+    forty times), so a node started beside its router is routable as soon as the router is."""
+    agent = agent_for(f"http://127.0.0.1:{unused_tcp_port}", tmp_path, plugins="backend-ollama",
+                      interval=60)
+    task = asyncio.create_task(agent.run())
+    try:
+        await wait_for(lambda: agent.failures >= 40, timeout=20)
+        assert agent.refused and agent.heartbeats_sent == 0
+    finally:
+        agent.stop()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def test_an_agent_started_before_its_router_joins_soon_after_it_answers(
         tmp_path, unused_tcp_port):
     """Both start at boot: a failed heartbeat is retried after 0.1 s, backing off to the
