@@ -42,7 +42,7 @@ def classify(trace: Trace) -> dict[str, float]:
     retries = len(trace.attempts) - 1 if trace.attempts else trace.retries
     if retries > 0:
         counts["retried"], counts["retries"] = 1, retries
-    if trace.node_id is not None and trace.original_model \
+    if trace.node_id is not None and trace.original_model not in ("", trace.model) \
             and normalize_model(trace.original_model) != normalize_model(trace.model):
         counts["fallbacks"] = 1
     if kind == "completed" and details.get("cold"):

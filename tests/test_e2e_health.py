@@ -110,8 +110,8 @@ async def test_a_fleet_at_rest_scores_100_with_no_warnings(fleet, herd_router, h
 
 async def test_a_silent_node_is_reported_offline_within_the_heartbeat_timeout(
         fleet, herd_router, herd_agent):
-    router, agents = await start(fleet, herd_router, herd_agent, FLEET_HEARTBEAT_TIMEOUT="0.5",
-                                 FLEET_HEARTBEAT_OFFLINE="1.0")
+    router, agents = await start(fleet, herd_router, herd_agent, FLEET_HEARTBEAT_TIMEOUT="1.0",
+                                 FLEET_HEARTBEAT_OFFLINE="2.0")
     assert (await health(router))["vitals"]["nodes_offline"] == 0
 
     async def no_goodbye():  # killed, not stopped: it never says it is draining
@@ -124,14 +124,17 @@ async def test_a_silent_node_is_reported_offline_within_the_heartbeat_timeout(
 
     async def offline_reported():
         reports.append(await health(router))
-        return any(c["check_id"] == "e2e_offline" for c in reports[-1]["checks"])
+        return any(c["check_id"] == "e2e_offline" and c["node_id"] == "beta"
+                   for c in reports[-1]["checks"])
 
     await wait_for(offline_reported, timeout=10)
     report = reports[-1]
-    [finding] = [c for c in report["checks"] if c["check_id"] == "e2e_offline"]
-    assert finding["node_id"] == "beta" and finding["severity"] == "warning"
+    [finding] = [c for c in report["checks"] if c["node_id"] == "beta"
+                 and c["check_id"] == "e2e_offline"]
+    assert finding["severity"] == "warning" and finding["title"] == "beta is offline"
     assert finding["fix"] == "start its agent" and "no heartbeat for" in finding["description"]
-    assert report["vitals"]["nodes_offline"] == 1 and report["vitals"]["nodes_online"] == 1
+    vitals = report["vitals"]  # alpha still reports (degraded at worst on a loaded machine)
+    assert vitals["nodes_offline"] == 1 and vitals["nodes_online"] + vitals["nodes_degraded"] == 1
     assert report["score"] <= 90
 
 
