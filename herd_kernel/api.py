@@ -218,6 +218,24 @@ class RouterAPI(Protocol):
         """The headers of a request to a node (signed when a fleet secret is set)."""
         ...
 
+    @property
+    def health(self) -> HealthView:
+        """The health engine: its snapshot and its report (what /dashboard/api/health serves)."""
+        ...
+
+
+class HealthView(Protocol):
+    """The router's health engine as plugins read it (the dashboard); both calls reuse one
+    snapshot for ``FLEET_HEALTH_CACHE_S`` seconds, so polling them costs nothing per request."""
+
+    def snapshot(self) -> HealthSnapshot:
+        """The snapshot every check last evaluated."""
+        ...
+
+    def report(self) -> Mapping[str, Any]:
+        """``{"score", "checks", "vitals", "checks_run", "generated_at"}`` (docs/health.md)."""
+        ...
+
 
 class NodeAPI(Protocol):
     """The running node agent as plugins see it: what ``herd_startup`` and ``herd_shutdown``
@@ -381,7 +399,7 @@ class HealthSnapshot:
 class HealthCheck(Protocol):
     """One health check. ``evaluate`` gets the snapshot and returns findings (none when all is
     well: a quiet, healthy fleet shows nothing); it must be fast and free of I/O. A check that
-    raises becomes a ``check-crashed`` finding naming the plugin."""
+    raises becomes a ``check_crashed`` finding naming the plugin."""
 
     id: str
     title: str

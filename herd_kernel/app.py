@@ -31,6 +31,7 @@ from herd_kernel.admission import (
 from herd_kernel.api import RouteDef, ShapeContext
 from herd_kernel.config import Config
 from herd_kernel.fleet import Fleet, NodeConflict, PendingNode
+from herd_kernel.health import HealthEngine
 from herd_kernel.latency import WINDOW, LatencyHistory
 from herd_kernel.models import (
     Endpoint,
@@ -103,6 +104,10 @@ class Services:
         self.recent_traces: collections.deque[Trace] = collections.deque(maxlen=200)
         # routing events (context protection, fallbacks...) for health checks and the dashboard
         self.events: collections.deque[dict[str, Any]] = collections.deque(maxlen=1000)
+        # the health checks over one cached snapshot: the registry, these events, tallies of traces
+        self.health = HealthEngine(
+            host.named_health_checks(config), status=lambda: fleet_status(self),
+            events=lambda: tuple(self.events), cache_s=config["FLEET_HEALTH_CACHE_S"])
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
         self.body_timeout = float(config["FLEET_BODY_TIMEOUT"])
@@ -116,6 +121,8 @@ class Services:
                 )
             )
         self.fleet.listeners.append(_log_status_change)
+        self.fleet.model_listeners.append(
+            lambda kind, node_id, model: self.event(kind, node_id=node_id, model=model))
 
     async def read_json(
         self, request: web.Request, max_bytes: int | None = None
@@ -177,12 +184,15 @@ class Services:
     def event(self, kind: str, **fields: Any) -> None:
         """Remember a routing event; bounded, in memory, never awaited."""
         self.events.append({"kind": kind, "timestamp": time.time(), **fields})
+        self.health.event(kind, fields)
         log.debug("routing event", kind=kind, **fields)
 
     def record(self, trace: Trace) -> None:
-        """The end of every proxied request: one log line, the recent list, plugin hooks."""
+        """The end of every proxied request: one log line, the recent list, the health
+        tallies, plugin hooks."""
         self.recent_traces.append(trace)
         self.store.submit(trace)
+        self.health.record(trace)
         if trace.status == "completed" and trace.node_id is not None:
             self.latency.record(
                 trace.node_id, normalize_model(trace.model), trace.latency_ms, trace.ttft_ms
@@ -465,6 +475,11 @@ async def status_handler(request: web.Request) -> web.Response:
     return web.json_response(fleet_status(request.app[SERVICES]), dumps=_dumps)
 
 
+async def health_handler(request: web.Request) -> web.Response:
+    """The health checks' findings, a score and the fleet's vitals (docs/health.md)."""
+    return web.json_response(request.app[SERVICES].health.report(), dumps=_dumps)
+
+
 async def queue_handler(request: web.Request) -> web.Response:
     """Queue depths and estimated waits, cheap enough for clients to poll before backing off."""
     services = request.app[SERVICES]
@@ -602,7 +617,7 @@ def _dumps(obj: Any) -> str:
 
 _KERNEL_ROUTES = {("POST", "/heartbeat"), ("GET", "/fleet/status"), ("GET", "/fleet/queue"),
                   ("GET", "/fleet/traces"), ("GET", "/fleet/nodes"), ("POST", "/fleet/enroll"),
-                  ("GET", "/fleet/hello")}
+                  ("GET", "/fleet/hello"), ("GET", "/dashboard/api/health")}
 
 
 def create_app(config: Config, host: PluginHost) -> web.Application:
@@ -623,6 +638,7 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
     app.router.add_post(f"{nodes}/remove", admin_route(remove_handler, write=True))
     app.router.add_post("/fleet/enroll", admin_route(enroll_handler, write=True))
     app.router.add_get("/fleet/hello", hello_handler)
+    app.router.add_get("/dashboard/api/health", admin_route(health_handler))
     claimed: dict[tuple[str, str], tuple[str, RouteDef]] = {}
     for backend in services.backends:
         for route in backend.routes(services):

@@ -391,4 +391,11 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         "frees its slot and counts it (non-streamed answers arrive whole, so keep this at least "
         "as long as the slowest whole answer).",
     ),
+    Setting(
+        env="FLEET_HEALTH_CACHE_S",
+        type=float,
+        default=5.0,
+        help="Seconds the health engine reuses one fleet snapshot and its findings "
+        "(GET /dashboard/api/health); 0 builds them for every call.",
+    ),
 )

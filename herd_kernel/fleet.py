@@ -27,6 +27,7 @@ from herd_kernel.models import (
 )
 
 StatusListener = Callable[[str, "str | None", str], None]
+ModelListener = Callable[[str, str, str], None]  # ("model_loaded" | "model_unloaded", node, model)
 
 
 def reachable_url(reported: str, peer_ip: str | None) -> str:
@@ -157,6 +158,10 @@ class Fleet:
         self.queues: dict[tuple[str, str], Lane] = {}
         self.node_in_flight: dict[str, int] = {}
         self.listeners: list[StatusListener] = []
+        # told when a heartbeat's loaded models differ from the node's previous heartbeat's (not
+        # on its first: what a node already held is not a load)
+        self.model_listeners: list[ModelListener] = []
+        self._reported: dict[str, frozenset[str]] = {}  # node -> loaded models, as last reported
         self.watchers: list[Callable[[], None]] = []  # called after every change below
         self.version = 0  # bumped on every change that could alter a routing decision
 
@@ -185,6 +190,7 @@ class Fleet:
                 state.endpoints, state.loaded, state.available, state.serving
         else:
             endpoints, loaded, available, serving = _index(hb, peer_ip)
+            self._note_loaded(hb.node_id, frozenset(loaded))
         if state is None:
             state = NodeState(node_id=hb.node_id, heartbeat=hb, first_seen=time.time())
             self.nodes[hb.node_id] = state
@@ -207,6 +213,17 @@ class Fleet:
             self._emit(hb.node_id, old_status, state.status)
         self._changed()
         return state
+
+    def _note_loaded(self, node_id: str, loaded: frozenset[str]) -> None:
+        before = self._reported.get(node_id)
+        self._reported[node_id] = loaded
+        if before is None or before == loaded or not self.model_listeners:
+            return
+        changes = [("model_unloaded", m) for m in sorted(before - loaded)]
+        changes += [("model_loaded", m) for m in sorted(loaded - before)]
+        for kind, model in changes:
+            for listener in self.model_listeners:
+                listener(kind, node_id, model)
 
     def apply_pending(
         self, hb: Heartbeat, peer_ip: str | None, key: str, fingerprint: str
@@ -239,6 +256,7 @@ class Fleet:
     def forget(self, node_id: str) -> bool:
         """Drop a node (pending or not) and its idle lanes; requests running there finish."""
         state = self.nodes.pop(node_id, None)
+        self._reported.pop(node_id, None)
         known = self.forget_pending(node_id) or state is not None
         if state is not None:
             for key in [k for k, lane in self.queues.items()

@@ -78,13 +78,16 @@ class Outbound:
 
 class UpstreamFailed(Exception):
     """An attempt that failed before anything reached the client; ``node_fault`` False when the
-    node is not to blame (it only lost the model, or was busy)."""
+    node is not to blame (it only lost the model, or was busy); ``timeout`` when it failed by
+    waiting too long (connect, read, no progress), noted in the trace for the health engine."""
 
-    def __init__(self, reason: str, status: int | None = None, *, node_fault: bool = True) -> None:
+    def __init__(self, reason: str, status: int | None = None, *, node_fault: bool = True,
+                 timeout: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.status = status
         self.node_fault = node_fault
+        self.timeout = timeout
 
 
 _ERROR_BODY_LIMIT = 1024 * 1024  # an error answer longer than this is not an error message
@@ -139,20 +142,28 @@ class Pipeline:
         exclude: set[str] = set()
         max_retries = self.config["FLEET_MAX_RETRIES"]
         alive = _client_alive(request)
+        # the trace's details the health engine counts: "timeout" (an attempt timed out), "cold"
+        # (the last chosen node did not hold the model in memory when the request was sent)
+        notes: dict[str, Any] = {}
         while True:
             try:
                 got = await self.queues.acquire(route, exclude, alive)
             except asyncio.CancelledError:
                 self._finish(route, started, None, attempts, None, status="client_disconnected",
-                             http_status=499, error_message="client disconnected while waiting")
+                             http_status=499, error_message="client disconnected while waiting",
+                             notes=notes)
                 raise
             if isinstance(got, NoRoute):
-                return self._no_route(route, got, attempts, started, not_found)
+                return self._no_route(route, got, attempts, started, not_found, notes)
             if isinstance(got, Refused):
-                return self._refused(route, got, attempts, started)
+                return self._refused(route, got, attempts, started, notes)
             decision, slot = got
             slot.task = asyncio.current_task()
             node = decision.node
+            if decision.model_key in node.loaded:
+                notes.pop("cold", None)
+            else:
+                notes["cold"] = True
             upstream: Response | None = None
             node_ok: bool | None = False  # for the lane: completed, failed, or not the node's doing
             tokens: int | None = None
@@ -172,36 +183,38 @@ class Pipeline:
                     if slot.ended is None:
                         self._finish(route, started, decision, attempts, slot,
                                      status="client_disconnected", http_status=499,
-                                     error_message="request cancelled")
+                                     error_message="request cancelled", notes=notes)
                         raise
                     # the router ended it (reaper, shutdown) before anything reached the client
                     asyncio.current_task().uncancel()  # type: ignore[union-attr]
                     if not slot.reaped:
-                        return self._stopping(route, started, attempts, slot.ended)
+                        return self._stopping(route, started, attempts, slot.ended, notes)
                     exc = UpstreamFailed(f"no progress for {self.queues.stale_timeout:g} s "
-                                         "(reaped)")
+                                         "(reaped)", timeout=True)
                 elif not exc.node_fault:
                     node_ok = None
+                if exc.timeout:
+                    notes["timeout"] = True
                 # nothing has reached the client yet: try the next-best node, never this one again
                 attempts.append(
                     Attempt(node_id=node.node_id, outcome=exc.reason, status=exc.status))
                 exclude.add(node.node_id)
                 if len(attempts) > max_retries:
-                    return self._all_failed(route, attempts, started)
+                    return self._all_failed(route, attempts, started, notes)
                 log.info("retrying on another node", node=node.node_id, reason=exc.reason,
                          request_id=route.request_id)
                 continue
             except BadRequest as exc:  # the engine there cannot take this body as it is
                 node_ok = None
                 self._finish(route, started, decision, attempts, slot, status="rejected",
-                             http_status=exc.status, error_message=exc.message)
+                             http_status=exc.status, error_message=exc.message, notes=notes)
                 return error_response(route.api, exc.status, exc.message,
                                       headers={"X-Request-Id": route.request_id})
             except Exception:
                 log.exception("request failed in the router", request_id=route.request_id,
                               node=node.node_id)
                 self._finish(route, started, decision, attempts, slot, status="failed",
-                             http_status=500, error_message="internal router error")
+                             http_status=500, error_message="internal router error", notes=notes)
                 raise
             finally:
                 # the slot first: nothing below may keep a node's place taken
@@ -210,7 +223,9 @@ class Pipeline:
                 finally:
                     if upstream is not None:
                         upstream.release()
-            self._finish(route, started, decision, attempts, slot, **fields)
+            if fields.pop("timeout", False):
+                notes["timeout"] = True
+            self._finish(route, started, decision, attempts, slot, notes=notes, **fields)
             return response
 
     # --- upstream ------------------------------------------------------------------------------
@@ -231,7 +246,8 @@ class Pipeline:
             )
         except (TimeoutError, OSError) as exc:  # UpstreamError is an OSError
             step = "dropped after sending" if getattr(exc, "sent", False) else "connect"
-            raise UpstreamFailed(f"{step}: {type(exc).__name__}: {exc}".rstrip(": ")) from None
+            raise UpstreamFailed(f"{step}: {type(exc).__name__}: {exc}".rstrip(": "),
+                                 timeout=isinstance(exc, TimeoutError)) from None
         status = response.status
         if status < 400:
             return response, None
@@ -239,7 +255,8 @@ class Pipeline:
             body = await response.read(_ERROR_BODY_LIMIT)
         except (TimeoutError, OSError, AnswerTooLarge) as exc:
             response.release()
-            raise UpstreamFailed(f"HTTP {status}, then {type(exc).__name__}", status) from None
+            raise UpstreamFailed(f"HTTP {status}, then {type(exc).__name__}", status,
+                                 timeout=isinstance(exc, TimeoutError)) from None
         message = _error_text(body[:2048].decode("utf-8", "replace"))
         fault = engine.classify(status, message)
         if fault == "gone":
@@ -287,7 +304,8 @@ class Pipeline:
                 try:
                     payload = await upstream.read(self.max_response)
                 except (TimeoutError, OSError) as exc:
-                    raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
+                    raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}",
+                                         timeout=isinstance(exc, TimeoutError)) from None
                 except AnswerTooLarge as exc:  # another node would send as much: no retry
                     message = (f"node {decision.node.node_id}: {exc} (FLEET_MAX_RESPONSE_MB); "
                                "ask for less, or stream it")
@@ -316,7 +334,8 @@ class Pipeline:
         try:
             first = await upstream.readany()
         except (TimeoutError, OSError) as exc:
-            raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}") from None
+            raise UpstreamFailed(f"read: {type(exc).__name__}: {exc}",
+                                 timeout=isinstance(exc, TimeoutError)) from None
         if not first:
             raise UpstreamFailed("empty response")
         ttft_ms = (time.monotonic() - started) * 1000
@@ -327,6 +346,7 @@ class Pipeline:
         tail = bytearray()
         error: str | None = None
         status = "completed"
+        timed_out = False  # the node went silent past FLEET_READ_TIMEOUT, or was reaped
         max_frame = self.max_frame
         try:
             await response.prepare(request)
@@ -356,6 +376,7 @@ class Pipeline:
                     chunk = await upstream.readany()
                 except (TimeoutError, OSError) as exc:
                     error = f"node {decision.node.node_id} failed mid-stream: {type(exc).__name__}: {exc}"
+                    timed_out = isinstance(exc, TimeoutError)
                     break
                 if not chunk:
                     break
@@ -384,6 +405,7 @@ class Pipeline:
                 raise
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             status = "reaped" if slot.reaped else "ended"
+            timed_out = slot.reaped
             error = slot.ended
             try:  # the client may be the one that stopped reading: give up quickly
                 async with asyncio.timeout(1.0):
@@ -402,6 +424,7 @@ class Pipeline:
             # a client that left or a router that stopped is not the node's failure
             "node_ok": True if status in ("completed", "client_disconnected", "ended")
             else False,
+            "timeout": timed_out,
             **counts,
         }
 
@@ -431,10 +454,11 @@ class Pipeline:
         attempts: list[Attempt],
         started: float,
         not_found: Callable[[str], str],
+        notes: Mapping[str, Any] | None = None,
     ) -> web.Response:
         gone = decision.kind == "unknown_model" and all(a.status == 404 for a in attempts)
         if attempts and not gone:
-            return self._all_failed(route, attempts, started)
+            return self._all_failed(route, attempts, started, notes)
         reporting = self.scorer.still_reporting() if decision.kind == "unknown_model" \
             else None
         if reporting is not None:  # not known *yet*: a 404 now would be a lie a client caches
@@ -458,28 +482,30 @@ class Pipeline:
         elif status == 503:
             headers.update({"Retry-After": "5", "x-should-retry": "false"})
         self._finish(route, started, None, attempts, None, status="rejected", http_status=status,
-                     error_message=message)
+                     error_message=message, notes=notes)
         return error_response(route.api, status, message, headers=headers)
 
     def _stopping(
-        self, route: RouteRequest, started: float, attempts: list[Attempt], reason: str
+        self, route: RouteRequest, started: float, attempts: list[Attempt], reason: str,
+        notes: Mapping[str, Any] | None = None,
     ) -> web.Response:
         """503 while the router shuts down; the connection closes with it."""
         self._finish(route, started, None, attempts, None, status="rejected", http_status=503,
-                     error_message=reason)
+                     error_message=reason, notes=notes)
         response = error_response(route.api, 503, reason,
                                   headers={"X-Request-Id": route.request_id, "Retry-After": "5"})
         response.force_close()
         return response
 
     def _refused(
-        self, route: RouteRequest, refused: Refused, attempts: list[Attempt], started: float
+        self, route: RouteRequest, refused: Refused, attempts: list[Attempt], started: float,
+        notes: Mapping[str, Any] | None = None,
     ) -> web.Response:
         if refused.kind == "shutdown":
-            return self._stopping(route, started, attempts, refused.reason)
+            return self._stopping(route, started, attempts, refused.reason, notes)
         if refused.kind == "gone":
             self._finish(route, started, None, attempts, None, status="client_disconnected",
-                         http_status=499, error_message=refused.reason)
+                         http_status=499, error_message=refused.reason, notes=notes)
             return error_response(route.api, 499, refused.reason)
         retry_after = self.queues.retry_after(route.model)
         headers = {"X-Request-Id": route.request_id, "Retry-After": str(retry_after)}
@@ -491,14 +517,15 @@ class Pipeline:
             # the router already waited for the client: an SDK should not retry on its own
             headers["x-should-retry"] = "false"
         self._finish(route, started, None, attempts, None, status="rejected", http_status=503,
-                     error_message=message)
+                     error_message=message, notes=notes)
         return error_response(route.api, 503, message, headers=headers)
 
-    def _all_failed(self, route: RouteRequest, attempts: list[Attempt], started: float) -> web.Response:
+    def _all_failed(self, route: RouteRequest, attempts: list[Attempt], started: float,
+                    notes: Mapping[str, Any] | None = None) -> web.Response:
         detail = "; ".join(f"{a.node_id}: {a.outcome}" for a in attempts)
         message = f"every node that can serve model '{route.model}' failed ({detail})"
         self._finish(route, started, None, attempts, None, status="failed", http_status=502,
-                     error_message=message)
+                     error_message=message, notes=notes)
         headers = {"X-Request-Id": route.request_id, "X-Fleet-Retries": str(len(attempts) - 1),
                    "x-should-retry": "false"}
         return error_response(route.api, 502, message, headers=headers)
@@ -518,8 +545,11 @@ class Pipeline:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         details: Mapping[str, Any] | None = None,
+        notes: Mapping[str, Any] | None = None,
     ) -> None:
         final = list(attempts)
+        if notes:
+            details = {**notes, **(details or {})}
         if slot is not None and slot.waited_s:
             details = {**(details or {}), "queued_ms": round(slot.waited_s * 1000, 3)}
         if decision is not None:

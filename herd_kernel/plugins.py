@@ -238,8 +238,14 @@ class PluginHost:
         return self._unique("herd_demo_fleet", pairs, "name")
 
     def health_checks(self, config: Config) -> list[Any]:
+        return [check for _plugin, check in self.named_health_checks(config)]
+
+    def named_health_checks(self, config: Config) -> list[tuple[str, Any]]:
+        """(plugin, HealthCheck) pairs: the health engine names the plugin of a check that
+        crashes."""
         pairs = self._collect("herd_health_checks", None, ("id", "evaluate"), config=config)
-        return self._unique("herd_health_checks", pairs, "id")
+        self._unique("herd_health_checks", pairs, "id")
+        return pairs
 
     def routes(self, services: Any) -> list[tuple[str, Any]]:
         """(plugin, RouteDef) for every route plugins serve beside the client APIs."""
