@@ -56,6 +56,30 @@ def classify(trace: Trace) -> dict[str, float]:
     return counts
 
 
+def by_node(trace: Trace, counts: dict[str, float]) -> list[tuple[str, dict[str, float]]]:
+    """Each node's part in one request: a node whose attempt failed before another took over
+    counts a failed request of its own (with the retry and the timeout it caused), so a node
+    that fails a third of its requests shows it even when retries rescue every one; the node
+    that answered counts the request as it ended."""
+    timed_out = set(trace.details.get("timeout_nodes", ()))
+    attempts = trace.attempts
+    parts = []
+    for index, attempt in enumerate(attempts):
+        last = index == len(attempts) - 1
+        if last and attempt.node_id == trace.node_id:
+            part = {k: v for k, v in counts.items() if k not in ("retried", "retries", "timeouts")}
+        else:  # an attempt that failed, rescued by another node or the last of a failed request
+            part = {"requests": 1, "failed": 1}
+            if not last:
+                part["retried"] = part["retries"] = 1
+        if attempt.node_id in timed_out:
+            part["timeouts"] = 1
+        parts.append((attempt.node_id, part))
+    if not attempts and trace.node_id is not None:
+        parts.append((trace.node_id, counts))
+    return parts
+
+
 class _Bucket:
     """Tallies and event counts: of one minute, or summed over a window."""
 
@@ -153,9 +177,9 @@ class Tallies:
         bucket = self.roll()
         counts = classify(trace)
         _add(bucket.total, counts)
-        if trace.node_id is not None:
-            node = self._key(trace.node_id, bucket.by_node, self.day.by_node)
-            _add(bucket.by_node.setdefault(node, Tally()), counts)
+        for node_id, part in by_node(trace, counts):
+            node = self._key(node_id, bucket.by_node, self.day.by_node)
+            _add(bucket.by_node.setdefault(node, Tally()), part)
         model = self._key(normalize_model(trace.model)[:200], bucket.by_model, self.day.by_model)
         _add(bucket.by_model.setdefault(model, Tally()), counts)
 

@@ -195,6 +195,7 @@ class Pipeline:
                     node_ok = None
                 if exc.timeout:
                     notes["timeout"] = True
+                    notes.setdefault("timeout_nodes", []).append(node.node_id)
                 # nothing has reached the client yet: try the next-best node, never this one again
                 attempts.append(
                     Attempt(node_id=node.node_id, outcome=exc.reason, status=exc.status))
@@ -225,6 +226,7 @@ class Pipeline:
                         upstream.release()
             if fields.pop("timeout", False):
                 notes["timeout"] = True
+                notes.setdefault("timeout_nodes", []).append(node.node_id)
             self._finish(route, started, decision, attempts, slot, notes=notes, **fields)
             return response
 

@@ -80,6 +80,31 @@ def test_timeouts_retries_fallbacks_and_cold_loads_come_from_the_trace():
     assert counted(trace("rejected", node=None, model="b", original_model="a")).fallbacks == 0
 
 
+def test_a_node_whose_attempt_failed_counts_it_even_when_another_node_rescued_the_request():
+    tallies = Tallies(Clock())
+    attempts = (Attempt(node_id="n1", outcome="read timed out", status=None),
+                Attempt(node_id="n2", outcome="completed", status=200))
+    tallies.record(trace("completed", node="n2", attempts=attempts, retries=1,
+                         details={"timeout": True, "timeout_nodes": ["n1"]}))
+    hour, _day = tallies.windows()
+    n1, n2, total = hour.by_node["n1"], hour.by_node["n2"], hour.total
+    assert (n1.requests, n1.failed, n1.retried, n1.timeouts, n1.completed) == (1, 1, 1, 1, 0)
+    assert (n2.requests, n2.completed, n2.failed, n2.retried, n2.timeouts) == (1, 1, 0, 0, 0)
+    assert (total.requests, total.completed, total.failed, total.retried, total.timeouts) == \
+        (1, 1, 0, 1, 1)
+
+
+def test_a_request_every_node_failed_is_a_failure_of_each():
+    tallies = Tallies(Clock())
+    attempts = (Attempt(node_id="n1", outcome="502", status=502),
+                Attempt(node_id="n2", outcome="502", status=502))
+    tallies.record(trace("failed", node=None, attempts=attempts, retries=2))
+    hour, _day = tallies.windows()
+    assert [(k, t.requests, t.failed) for k, t in sorted(hour.by_node.items())] == \
+        [("n1", 1, 1), ("n2", 1, 1)]
+    assert (hour.total.requests, hour.total.failed) == (1, 1)
+
+
 def test_ttft_latency_and_tokens_are_summed():
     tally = counted(trace(ttft_ms=30.0, prompt_tokens=7, completion_tokens=11))
     assert (tally.ttft_ms_sum, tally.ttft_count, tally.latency_ms_sum) == (30.0, 1, 100.0)
