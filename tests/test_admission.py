@@ -227,8 +227,9 @@ async def test_a_heartbeat_signed_before_the_router_started_is_refused(herd_rout
     env = {"FLEET_DATA_DIR": data, "FLEET_SECRET": "s3cret", **NO_WINDOW}
     hb = heartbeat_payload("n1")
     body = json.dumps(hb).encode()
-    captured = {auth.HEADER: auth.sign("s3cret", "POST", "/heartbeat", body)}
     before = await herd_router(env=env)
+    # signed once the first router runs: one signed a moment before its start is refused too
+    captured = {auth.HEADER: auth.sign("s3cret", "POST", "/heartbeat", body)}
     assert (await post(before, None, captured, raw=body))[0] == 200
     await before.runner.cleanup()
     await asyncio.sleep(1.05)  # the next second: signatures carry whole seconds
