@@ -191,11 +191,16 @@ async def test_openai_backend_alone_with_a_node_process_in_front_of_a_real_engin
         [endpoint] = entry["endpoints"]
         assert (endpoint["kind"], endpoint["url"], endpoint["models_available"]) == (
             "openai", llama_server, ["smollm2"])
+        question = [{"role": "user", "content": "What is the capital of France?"}]
         async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused") as client:
             raw = await client.chat.completions.with_raw_response.create(
-                model="smollm2", temperature=0, max_tokens=16,
-                messages=[{"role": "user", "content": "What is the capital of France?"}])
-        assert "Paris" in raw.parse().choices[0].message.content
+                model="smollm2", temperature=0, max_tokens=16, messages=question)
+        # word for word what the engine answers when asked directly (greedy decoding)
+        async with openai.AsyncOpenAI(base_url=f"{llama_server}/v1", api_key="unused") as client:
+            alone = await client.chat.completions.create(
+                model="smollm2", temperature=0, max_tokens=16, messages=question)
+        answer = raw.parse().choices[0].message.content
+        assert answer.strip() and answer == alone.choices[0].message.content
         assert raw.headers["X-Fleet-Node"] == "gpu-box"
     finally:
         if agent is not None:

@@ -13,6 +13,10 @@ from openai import AsyncOpenAI
 pytestmark = pytest.mark.real_engine
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+# SmolLM2-135M's greedy words vary with the CPU llama.cpp was built for (AVX2 and AVX-512 builds
+# answer QUESTION differently); asked these ways, some answer names Paris on every build tried
+PHRASINGS = ["What is the capital of France?", "Name the capital city of France.",
+             "What is the capital of France? Answer in one word."]
 
 
 async def test_models_lists_the_alias(llama_server: str) -> None:
@@ -24,12 +28,16 @@ async def test_models_lists_the_alias(llama_server: str) -> None:
 
 
 async def test_openai_client_gets_a_real_answer(llama_server: str) -> None:
+    """A real model, not an echo: it knows the capital of France."""
+    answers = []
     async with AsyncOpenAI(base_url=f"{llama_server}/v1", api_key="unused") as client:
-        reply = await client.chat.completions.create(
-            model="smollm2", messages=QUESTION, temperature=0, max_tokens=16
-        )
-    assert "Paris" in reply.choices[0].message.content
-    assert reply.usage.completion_tokens > 0
+        for phrasing in PHRASINGS:
+            reply = await client.chat.completions.create(
+                model="smollm2", messages=[{"role": "user", "content": phrasing}],
+                temperature=0, max_tokens=16)
+            assert reply.usage.completion_tokens > 0
+            answers.append(reply.choices[0].message.content)
+    assert any("Paris" in answer for answer in answers), answers
 
 
 async def test_openai_client_streams_a_real_answer(llama_server: str) -> None:
@@ -39,7 +47,10 @@ async def test_openai_client_streams_a_real_answer(llama_server: str) -> None:
         )
         pieces = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
     assert len([piece for piece in pieces if piece]) > 1, f"not streamed token by token: {pieces}"
-    assert "Paris" in "".join(pieces)
+    async with AsyncOpenAI(base_url=f"{llama_server}/v1", api_key="unused") as client:
+        whole = await client.chat.completions.create(
+            model="smollm2", messages=QUESTION, temperature=0, max_tokens=16)
+    assert "".join(pieces) == whole.choices[0].message.content  # the same answer, in pieces
 
 
 async def test_sse_frames_end_with_done(llama_server: str) -> None:
