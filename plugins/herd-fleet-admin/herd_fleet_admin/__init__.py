@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -141,7 +142,8 @@ def routes(services: RouterAPI) -> list[RouteDef]:
         return web.json_response(settings_body(services))
 
     async def post_settings(request: web.Request) -> web.Response:
-        _raw, body = await services.read_json(request, _MAX_BODY)
+        raw, _folded = await services.read_json(request, _MAX_BODY)  # checked as Ollama would
+        body = json.loads(raw)  # with its keys as sent (read_json folds them to lower case)
         if not body:
             return _error(400, "name at least one setting to change, e.g. {\"auto_pull\": false}")
         try:
@@ -154,9 +156,8 @@ def routes(services: RouterAPI) -> list[RouteDef]:
         changed = []
         for env, (old, new) in done.items():
             spec = services.config.spec(env)
-            assert spec is not None
-            changed.append({"name": spec.key, "env": env, "old": _shown(old), "new": _shown(new),
-                            "source": services.config.source(env)})
+            changed.append({"name": spec.key if spec else env, "env": env, "old": _shown(old),
+                            "new": _shown(new), "source": services.config.source(env)})
             if old != new:
                 services.event("setting_changed", setting=env, old=_shown(old), new=_shown(new))
             log.info("setting changed", setting=env, old=old, new=new,

@@ -131,6 +131,7 @@ async def test_bad_posts_are_clear_json_errors_and_change_nothing(herd_router, t
         ('{"context_protection": "sometimes"}', "context_protection", "expected one of"),
         # one bad name stops the whole call: auto_pull is not changed either
         ('{"auto_pull": true, "secret": "x"}', "secret", "cannot be changed"),
+        ('{"FLEET_AUTO_PULL": 2}', "FLEET_AUTO_PULL", "FLEET_AUTO_PULL must be true or false"),
     ]
     for data, field, words in cases:
         status, body = await post_settings(router.url, data)
