@@ -9,7 +9,6 @@ import asyncio
 import hmac
 import ipaddress
 import json
-import os
 import re
 import socket
 import sys
@@ -24,7 +23,7 @@ from attrs import frozen
 
 from herd_kernel import auth
 from herd_kernel.auth import NODE_KEY_HEADER, NODE_SIGNATURE_HEADER, fingerprint
-from herd_kernel.config import Config
+from herd_kernel.config import Config, write_atomically
 from herd_kernel.fleet import Fleet, reachable_url
 from herd_kernel.models import Heartbeat
 
@@ -228,7 +227,7 @@ class Admission:
                 "nodes": {r.node_id: {"key": r.key, "admitted_at": r.admitted_at, "via": r.via}
                           for r in self.records.values()},
             }
-            await asyncio.to_thread(_write_atomically, self.path, json.dumps(data, indent=1))
+            await asyncio.to_thread(write_atomically, self.path, json.dumps(data, indent=1))
 
     # --- the enrollment window ----------------------------------------------------------------
 
@@ -395,23 +394,6 @@ def _name(names: Sequence[str], index: int) -> str:
     return names[index] if index < len(names) else f"endpoints[{index}]"
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` so that a crash leaves the old file or the new one, never half of either;
-    readable by the owner only (it holds the nodes' keys)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _own_addresses() -> frozenset[str]:
     """This machine's addresses as its host name resolves, best effort. (A heartbeat sent to one
     of this machine's own addresses comes from that same address, which ``_is_local`` also
@@ -438,13 +420,17 @@ def presented_key(headers: Mapping[str, str]) -> str:
 def admin_problem(admission: Admission, request: Any, *, write: bool) -> tuple[int, str] | None:
     """Why this ``/fleet/*`` call may not proceed, or None. Loopback callers are the owner; from
     elsewhere the admin key (FLEET_ADMIN_KEY) is needed for writes, and for reads once it is set.
-    Writes need a JSON body type and no foreign Origin, so a web page cannot forge one."""
+    Writes need a JSON body type, no foreign Origin and no cross-site Sec-Fetch-Site, so a web
+    page cannot forge one."""
     if write:
         if request.content_type != "application/json":
             return 415, "admin calls need Content-Type: application/json"
         origin = request.headers.get("Origin")
         if origin and urlsplit(origin).netloc.lower() != request.host.lower():
             return 403, "cross-origin admin call refused"
+        # a browser says where a call came from even when it sends no Origin
+        if request.headers.get("Sec-Fetch-Site", "").lower() in ("cross-site", "same-site"):
+            return 403, "cross-site admin call refused"
     admin_key = str(admission.config["FLEET_ADMIN_KEY"])
     key = presented_key(request.headers)
     if admin_key and key:

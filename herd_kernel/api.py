@@ -17,7 +17,7 @@ from herd_kernel.models import AvailableModel, Endpoint, LoadedModel, NodeState,
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from herd_kernel.config import Config
+    from herd_kernel.config import Config, RuntimeSettings
     from herd_kernel.fleet import Fleet
 
 
@@ -192,6 +192,9 @@ class RouterAPI(Protocol):
     fleet: Fleet  # the registry: read it; note router-side model changes with its add_/remove_
     engines: Mapping[str, Engine]  # endpoint kind -> the engine that drives it
     http: Any  # an aiohttp.ClientSession for the router's own calls, open while it runs
+    #: changes to ``runtime`` settings while the router runs: ``await settings.change({...})``
+    #: checks, saves (in the data dir) and puts them in force in ``config``
+    settings: RuntimeSettings
 
     async def read_json(self, request: web.Request,
                         max_bytes: int | None = None) -> tuple[bytes, dict[str, Any]]:
@@ -440,6 +443,9 @@ class LaneView(Protocol):
     in_flight: int
     waiting: Sequence[WaiterView]
     state: dict[str, Any]
+    completed: int  # requests that completed here since the lane was made
+    failed: int
+    last_used: float  # wall clock when this router last started a request here (0: never)
 
     @property
     def pending(self) -> int: ...

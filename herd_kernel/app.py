@@ -29,7 +29,7 @@ from herd_kernel.admission import (
     fingerprint,
 )
 from herd_kernel.api import RouteDef, ShapeContext
-from herd_kernel.config import Config
+from herd_kernel.config import Config, RuntimeSettings
 from herd_kernel.fleet import Fleet, NodeConflict, PendingNode
 from herd_kernel.health import HealthEngine
 from herd_kernel.latency import WINDOW, LatencyHistory
@@ -72,6 +72,9 @@ class Services:
     def __init__(self, config: Config, host: PluginHost) -> None:
         self.config = config
         self.host = host
+        # settings changed while running (kept in the data dir) are in force before plugins read
+        self.settings = RuntimeSettings(config, Path(config["FLEET_DATA_DIR"]) / "settings.json")
+        self.settings.load()
         self.fleet = Fleet(
             degraded_after=config["FLEET_HEARTBEAT_TIMEOUT"],
             offline_after=config["FLEET_HEARTBEAT_OFFLINE"],

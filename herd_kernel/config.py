@@ -1,19 +1,27 @@
 """Typed settings: every knob is a ``FLEET_*`` (router) or ``FLEET_NODE_*`` (node) variable,
 declared once with its type, default and help. CLI flags override the environment, which
 overrides the defaults. Plugins declare their own settings through the ``herd_settings`` hook and
-read them from the same resolved ``Config``.
+read them from the same resolved ``Config``. Settings marked ``runtime`` may also be changed while
+the router runs (``RuntimeSettings``); such a change is kept in the data dir and wins over all.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import math
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from attrs import frozen
+import structlog
+from attrs import field, frozen
 
 Scope = Literal["router", "node", "both"]
+Source = Literal["default", "env", "flag", "runtime"]
+
+log = structlog.get_logger("herd.config")
 
 
 @frozen(kw_only=True)
@@ -31,6 +39,15 @@ class Setting:
     # the flag may be given several times, its values joined with commas
     flag: str = ""
     repeat: bool = False
+    # may be changed while the router runs: every reader must then read it per use, from the
+    # ``Config`` (a dict lookup), never keep a copy taken at start-up
+    runtime: bool = False
+    # never shown (a key, a secret): APIs say only whether it is set
+    secret: bool = False
+    # for a ``str``: the only values it takes (case-insensitive; read as written here)
+    choices: tuple[str, ...] = ()
+    # the plugin that declared it (filled in by the plugin host; "" for the kernel's own)
+    plugin: str = field(default="", eq=False)
 
     @property
     def key(self) -> str:
@@ -42,7 +59,12 @@ class Setting:
 
 
 class SettingError(ValueError):
-    """A variable or flag has a value its declared type cannot take."""
+    """A variable or flag has a value its declared type cannot take; ``field``: the name the
+    caller used for it, when it came from an API call."""
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 _TRUE = {"1", "true", "yes", "on"}
@@ -67,20 +89,49 @@ def parse_value(setting: Setting, raw: Any) -> Any:
             return float(raw.strip())
         if kind is Path:
             return Path(raw).expanduser()
-        return raw
     except ValueError:
         raise SettingError(
             f"{setting.env}={raw!r} is not a valid {kind.__name__}: {setting.help}"
         ) from None
+    if setting.choices:
+        for choice in setting.choices:
+            if choice.lower() == raw.strip().lower():
+                return choice
+        raise SettingError(f"{setting.env}={raw!r}: expected one of {', '.join(setting.choices)}")
+    return raw
+
+
+def runtime_value(setting: Setting, raw: Any, name: str) -> Any:
+    """A JSON value for a runtime setting, checked as strictly as the environment's would be: a
+    string goes through ``parse_value``; otherwise the JSON type must be the setting's own (``3``
+    is no bool). ``name`` (what the caller called it) is named in the error."""
+    kind = setting.type
+    if isinstance(raw, str):
+        try:
+            return parse_value(setting, raw)
+        except SettingError as exc:
+            raise SettingError(f"{name}: {exc}", name) from None
+    number = isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw)
+    if (kind is bool and isinstance(raw, bool)) or (kind is int and number and raw == int(raw)):
+        return kind(raw)
+    if kind is float and number:
+        return float(raw)
+    expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
+    raise SettingError(f"{name} must be {expected}, not {json.dumps(raw)}", name)
 
 
 class Config(Mapping[str, Any]):
-    """Resolved settings, readable by env name (``cfg["FLEET_PORT"]``) or attribute (``cfg.port``)."""
+    """Resolved settings, readable by env name (``cfg["FLEET_PORT"]``) or attribute (``cfg.port``).
+    A runtime change (``RuntimeSettings``) replaces a value in place: every holder of this object
+    reads the new one at its next lookup."""
 
-    def __init__(self, specs: Iterable[Setting], values: Mapping[str, Any]) -> None:
+    def __init__(self, specs: Iterable[Setting], values: Mapping[str, Any],
+                 sources: Mapping[str, Source] | None = None) -> None:
         self._specs = {s.env: s for s in specs}
         self._values = dict(values)
         self._by_key = {s.key: s.env for s in self._specs.values()}
+        self._sources: dict[str, Source] = dict(sources or {})  # absent: the default
+        self._configured: dict[str, tuple[Any, Source]] = {}  # what runtime values replaced
 
     def __getitem__(self, env: str) -> Any:
         return self._values[env]
@@ -101,11 +152,37 @@ class Config(Mapping[str, Any]):
     def specs(self) -> list[Setting]:
         return list(self._specs.values())
 
+    def spec(self, name: str) -> Setting | None:
+        """The setting called ``name``: its variable (``FLEET_AUTO_PULL``) or key (``auto_pull``),
+        in any case."""
+        return self._specs.get(name.upper()) or self._specs.get(self._by_key.get(name.lower(), ""))
+
+    def source(self, env: str) -> Source:
+        """Where the value in force came from: default, env, flag or runtime."""
+        return self._sources.get(env, "default")
+
+    def configured(self, env: str) -> Any:
+        """The value before any runtime change (from the defaults, environment or flags)."""
+        return self._configured[env][0] if env in self._configured else self._values[env]
+
+    def set_runtime(self, env: str, value: Any) -> None:
+        """Put ``value`` in force for a runtime setting; ``None`` restores the configured one."""
+        if not self._specs[env].runtime:
+            raise SettingError(f"{env} cannot be changed while the router runs")
+        if value is None:
+            if env in self._configured:
+                self._values[env], self._sources[env] = self._configured.pop(env)
+            return
+        self._configured.setdefault(env, (self._values[env], self.source(env)))
+        self._values[env] = value
+        self._sources[env] = "runtime"
+
     def with_overrides(self, **overrides: Any) -> Config:
-        values = dict(self._values)
+        values, sources = dict(self._values), dict(self._sources)
         for key, value in overrides.items():
-            values[self._by_key.get(key, key)] = value
-        return Config(self._specs.values(), values)
+            env = self._by_key.get(key, key)
+            values[env], sources[env] = value, "flag"
+        return Config(self._specs.values(), values, sources)
 
 
 def resolve(
@@ -119,19 +196,114 @@ def resolve(
     specs = list(specs)
     by_key = {s.key: s for s in specs}
     values: dict[str, Any] = {}
+    sources: dict[str, Source] = {}
     for spec in specs:
         value = spec.default
         if spec.env in environ:
             value = parse_value(spec, environ[spec.env])
+            sources[spec.env] = "env"
         elif spec.fallback is not None and spec.fallback in environ:
             value = parse_value(spec, environ[spec.fallback])
+            sources[spec.env] = "env"
         values[spec.env] = value
     for name, raw in flags.items():
         spec = next((s for s in specs if s.env == name), None) or by_key.get(name)
         if spec is None:
             raise SettingError(f"unknown setting {name}")
         values[spec.env] = parse_value(spec, raw)
-    return Config(specs, values)
+        sources[spec.env] = "flag"
+    return Config(specs, values, sources)
+
+
+class RuntimeSettings:
+    """Changes to ``runtime`` settings made while the router runs: put in force in the live
+    ``Config`` and kept in ``path`` (JSON, owner-only, written atomically), so they outlive a
+    restart and win over the environment and flags until reset (a ``None`` value)."""
+
+    def __init__(self, config: Config, path: Path) -> None:
+        self.config = config
+        self.path = path
+        # what the file holds, env -> value; entries for settings no loaded plugin declares
+        # are kept as they are (a plugin left out for one run keeps its toggle)
+        self.saved: dict[str, Any] = {}
+        self._lock = asyncio.Lock()
+
+    def load(self) -> None:
+        """Read the file and put its values in force (at start-up, before plugins read them)."""
+        try:
+            data = json.loads(self.path.read_text())
+            saved = data["settings"]
+            if not isinstance(saved, dict):
+                raise ValueError("'settings' is not an object")
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.error("runtime settings unreadable; the configured values are in force",
+                      path=str(self.path), error=repr(exc))
+            return
+        self.saved = dict(saved)
+        for env, raw in saved.items():
+            spec = self.config.spec(env)
+            if spec is None or not spec.runtime:
+                continue
+            try:
+                value = runtime_value(spec, raw, env)
+            except SettingError as exc:
+                log.error("runtime setting unreadable; skipped", setting=env, error=str(exc))
+                continue
+            before, source = self.config[env], self.config.source(env)
+            self.config.set_runtime(env, value)
+            log.info("runtime setting in force (from the data dir, over the configured value)",
+                     setting=env, value=value, configured=before, configured_from=source,
+                     path=str(self.path))
+
+    def check(self, changes: Mapping[str, Any]) -> dict[str, Any]:
+        """``changes`` by key or variable, checked: env -> value (None: reset); or
+        ``SettingError`` naming the first bad one."""
+        checked: dict[str, Any] = {}
+        for name, raw in changes.items():
+            spec = self.config.spec(name)
+            if spec is None:
+                raise SettingError(f"{name}: no such setting", name)
+            if not spec.runtime:
+                raise SettingError(f"{name} ({spec.env}) cannot be changed while the router "
+                                   "runs: set it in the environment and restart", name)
+            checked[spec.env] = None if raw is None else runtime_value(spec, raw, name)
+        return checked
+
+    async def change(self, changes: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
+        """Check ``changes``, write them to the file, then put them in force (a change that
+        cannot be saved is not made: ``OSError``). env -> (old, new) for each one named."""
+        checked = self.check(changes)
+        async with self._lock:
+            saved = {**self.saved, **checked}
+            saved = {env: value for env, value in saved.items() if value is not None}
+            text = json.dumps({"version": 1, "settings": saved}, indent=1, sort_keys=True)
+            await asyncio.to_thread(write_atomically, self.path, text)
+            self.saved = saved
+            done = {}
+            for env, value in checked.items():
+                old = self.config[env]
+                self.config.set_runtime(env, value)
+                done[env] = (old, self.config[env])
+            return done
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` so that a crash leaves the old file or the new one, never half of either;
+    readable by the owner only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def default_data_dir() -> Path:
@@ -180,6 +352,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         default="",
         help="Fleet secret: when set, heartbeats must be signed with it (nodes set "
         "FLEET_NODE_SECRET to the same value) and nodes can verify this router.",
+        secret=True,
     ),
     Setting(
         env="FLEET_ADMIN_KEY",
@@ -188,6 +361,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         help="Key for the /fleet/* API (Authorization: Bearer <key> or X-API-Key): when set, "
         "reads need it too, and admin calls (herd nodes approve, herd enroll) may come from "
         "other machines with it; without it they are accepted only over loopback.",
+        secret=True,
     ),
     Setting(
         env="FLEET_ENROLL_MINUTES",

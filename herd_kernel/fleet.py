@@ -78,7 +78,7 @@ class Lane:
     through lanes; the scorer reads ``in_flight`` and ``pending``."""
 
     __slots__ = ("node_id", "model", "limit", "in_flight", "waiting", "completed", "failed",
-                 "reaped", "moved", "abandoned", "state", "busy_area", "busy_at")
+                 "reaped", "moved", "abandoned", "state", "busy_area", "busy_at", "last_used")
 
     def __init__(self, node_id: str, model: str) -> None:
         self.node_id = node_id
@@ -95,6 +95,7 @@ class Lane:
         # the integral of in_flight over time, so a request's mean concurrency is a subtraction
         self.busy_area = 0.0
         self.busy_at = time.monotonic()
+        self.last_used = 0.0  # wall clock when a request last started here (0: never)
 
     def busy_integral(self, now: float) -> float:
         """Request-seconds run in this lane up to ``now`` (monotonic)."""
@@ -381,6 +382,7 @@ class Fleet:
 
     def started(self, lane: Lane) -> None:
         lane._account()
+        lane.last_used = time.time()
         lane.in_flight += 1
         self.node_in_flight[lane.node_id] = self.node_in_flight.get(lane.node_id, 0) + 1
 

@@ -212,7 +212,9 @@ class PluginHost:
         return [item for _, item in pairs]
 
     def settings(self) -> list[Setting]:
-        return self._unique("herd_settings", self._collect("herd_settings", Setting, ()), "env")
+        pairs = self._collect("herd_settings", Setting, ())
+        return self._unique("herd_settings", [(plugin, attrs.evolve(setting, plugin=plugin))
+                                              for plugin, setting in pairs], "env")
 
     def signals(self, config: Config) -> list[Any]:
         pairs = self._collect(

@@ -40,6 +40,7 @@ NODE_SETTINGS: tuple[Setting, ...] = (
         "that a router is the real one. Defaults to FLEET_SECRET when only that is set.",
         scope="node",
         fallback="FLEET_SECRET",
+        secret=True,
     ),
     Setting(
         env="FLEET_NODE_LAN_PROXY",

@@ -24,8 +24,8 @@ CONFIG_DOC = ROOT / "docs" / "configuration.md"
 PLUGINS = sorted(
     p for p in (ROOT / "plugins").iterdir() if p.is_dir() and not p.name.startswith(".")
 )
-# the families in DESIGN.md
-KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "policy", "shaper"}
+# the families in DESIGN.md, and ``fleet``: the owner's administration APIs (herd-fleet-admin)
+KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "policy", "shaper", "fleet"}
 DIST = re.compile(r"^herd-(?P<kind>[a-z0-9]+)-(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*)$")
 
 
@@ -175,6 +175,19 @@ def test_every_setting_is_in_the_configuration_reference():
     # a word boundary, so FLEET_PORT is not "found" inside FLEET_PORT_RANGE
     missing = [s.env for s in settings if not re.search(rf"\b{re.escape(s.env)}\b", text)]
     assert not missing, f"docs/configuration.md does not mention: {missing}"
+
+
+def test_every_runtime_setting_is_in_the_runtime_settings_page():
+    host = PluginHost()
+    settings = [*ROUTER_SETTINGS, *NODE_SETTINGS, *host.settings()]
+    rows = set(re.findall(r"^\| `[a-z0-9_]+` \| `(FLEET_[A-Z0-9_]+)` \|",
+                          (ROOT / "docs" / "settings.md").read_text(), re.MULTILINE))
+    runtime = {s.env for s in settings if s.runtime}
+    assert runtime, "no runtime settings to check"
+    assert rows == runtime, ("docs/settings.md's table and the runtime settings differ: "
+                             f"missing {sorted(runtime - rows)}, "
+                             f"not runtime {sorted(rows - runtime)}")
+    assert not [s.env for s in settings if s.runtime and s.secret], "a secret cannot be runtime"
 
 
 def test_every_setting_the_docs_name_exists():

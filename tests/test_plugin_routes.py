@@ -47,9 +47,17 @@ async def test_a_plugin_serves_its_routes_with_the_access_it_declares(herd_route
         async with http.post(router.url + "/x/write", json={"a": 1},
                              headers={"Origin": "http://evil.example"}) as r:
             assert r.status == 403
+        # a browser's cross-site (or same-site, another host) call, even with no Origin
+        for site in ("cross-site", "same-site"):
+            async with http.post(router.url + "/x/write", json={"a": 1},
+                                 headers={"Sec-Fetch-Site": site}) as r:
+                assert r.status == 403 and "cross-site" in (await r.json())["error"]
+        async with http.post(router.url + "/x/write", json={"a": 0},
+                             headers={"Sec-Fetch-Site": "same-origin"}) as r:
+            assert r.status == 200
         async with http.post(router.url + "/x/write", json={"a": 1}) as r:
             assert (r.status, await r.json()) == (200, {"ok": True})
-    assert plugin.writes == [{"a": 1}]
+    assert plugin.writes == [{"a": 0}, {"a": 1}]
 
 
 async def test_an_admin_key_guards_read_routes_from_other_callers_too(herd_router):

@@ -1,5 +1,6 @@
 """Auto-pull (opt-in): a model no node has is pulled onto the online node with the most room
-before the request is scored, then served there (``X-Fleet-Auto-Pull`` names the node)."""
+before the request is scored, then served there (``X-Fleet-Auto-Pull`` names the node). Its
+settings may be changed while the router runs: they are read per request."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import NodeState, RouteRequest, normalize_model
 
 SETTINGS = (
-    Setting(env="FLEET_AUTO_PULL", type=bool, default=False,
+    Setting(env="FLEET_AUTO_PULL", type=bool, default=False, runtime=True,
             help="When no node has the requested model, pull it onto the online node with the most "
             "free disk and memory, then serve it (X-Fleet-Auto-Pull names the node)."),
-    Setting(env="FLEET_AUTO_PULL_TIMEOUT", type=float, default=900.0,
+    Setting(env="FLEET_AUTO_PULL_TIMEOUT", type=float, default=900.0, runtime=True,
             help="Seconds an auto-pull may take before the request fails with 503."),
 )
 
@@ -51,13 +52,14 @@ async def pull(ctx: ShapeContext, node: NodeState, model: str, timeout: float) -
 
 
 class AutoPull:
+    """Registered always; does nothing while ``FLEET_AUTO_PULL`` is off (one dict lookup)."""
+
     name = "auto_pull"
     order = 0
 
-    def __init__(self, timeout: float) -> None:
-        self.timeout = timeout
-
     async def provide(self, route: RouteRequest, ctx: ShapeContext) -> Provision | Refusal | None:
+        if not ctx.config["FLEET_AUTO_PULL"]:
+            return None
         fleet = ctx.fleet
         if any(fleet.holders(normalize_model(m)) for m in (route.model, *route.fallback_models)):
             return None
@@ -66,7 +68,7 @@ class AutoPull:
             return Refusal(status=503, message=f"no online node to pull model '{route.model}' onto",
                            headers={"Retry-After": "5"})
         ctx.event("auto_pull", node_id=node.node_id, model=route.model)
-        failure = await pull(ctx, node, route.model, self.timeout)
+        failure = await pull(ctx, node, route.model, float(ctx.config["FLEET_AUTO_PULL_TIMEOUT"]))
         if failure is not None:
             if "does not exist" in failure or "not found" in failure:
                 return Refusal(status=404)
@@ -83,4 +85,4 @@ def herd_settings() -> Sequence[Setting]:
 
 @hookimpl
 def herd_request_shapers(config: Config) -> Sequence[Any]:
-    return [AutoPull(float(config["FLEET_AUTO_PULL_TIMEOUT"]))] if config["FLEET_AUTO_PULL"] else []
+    return [AutoPull()]

@@ -42,7 +42,20 @@ async def test_a_pull_that_cannot_reach_the_node_is_a_503_naming_it():
     assert events == [("auto_pull", {"node_id": "a", "model": "qwen3:8b"})]
 
 
-def test_auto_pull_is_off_by_default():
+async def test_auto_pull_is_off_by_default_and_follows_the_live_setting():
+    from herd_kernel.api import Refusal
+    from herd_kernel.models import RouteRequest
     from herd_kernel.testing import load_shapers
 
-    assert not load_shapers("shaper-auto-pull").early
+    fleet = Fleet()
+    fleet.apply_heartbeat(structure(heartbeat_payload("a"), Heartbeat))
+    events = []
+    shapers = load_shapers("shaper-auto-pull", events=events, fleet=fleet)
+    route = RouteRequest(model="qwen3:8b", api="ollama", path="/api/chat", stream=False)
+    served, announced = await shapers.before(route)
+    assert served is route and not announced.headers and events == []
+    # turned on while running (as POST /dashboard/api/settings does): the next request pulls
+    shapers.ctx.config.set_runtime("FLEET_AUTO_PULL", True)
+    refusal = await shapers.before(route)
+    assert isinstance(refusal, Refusal) and refusal.status == 503
+    assert [kind for kind, _ in events] == ["auto_pull"]

@@ -1,7 +1,8 @@
 """Context protection: an ``options.num_ctx`` smaller than the context the chosen node has the
 model loaded with is sent as the loaded one (no reload, for this client or anyone else); and the
 context upgrade: a ``num_ctx`` the requested model would have to load with, while it is loaded
-nowhere, is served by a larger loaded model of its line that has that context."""
+nowhere, is served by a larger loaded model of its line that has that context. The mode may be
+changed while the router runs: both shapers read it per request."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from herd_kernel.api import Change, ShapeContext, Shaping, Substitution
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import RouteRequest
 from herd_shaper_context.siblings import larger_hot_sibling
@@ -17,7 +18,8 @@ from herd_shaper_context.siblings import larger_hot_sibling
 MODES = ("strip", "warn", "passthrough")
 
 SETTINGS = (
-    Setting(env="FLEET_CONTEXT_PROTECTION", type=str, default="strip",
+    Setting(env="FLEET_CONTEXT_PROTECTION", type=str, default="strip", choices=MODES,
+            runtime=True,
             help="What to do with an options.num_ctx that would reload a loaded model: 'strip' "
             "(the default) sends the loaded context instead when it is bigger (a larger num_ctx "
             "always goes through; "
@@ -27,25 +29,19 @@ SETTINGS = (
 )
 
 
-def protection_mode(config: Mapping[str, Any]) -> str:
-    mode = str(config["FLEET_CONTEXT_PROTECTION"]).lower()
-    if mode not in MODES:
-        raise SettingError(f"FLEET_CONTEXT_PROTECTION={mode!r}: expected strip, warn or passthrough")
-    return mode
-
-
 class ContextProtection:
-    """Once the node is known: never swap the model, only spare it a reload."""
+    """Once the node is known: never swap the model, only spare it a reload (``strip``), or only
+    say it would have (``warn``)."""
 
     name = "context_protection"
     order = 10
 
-    def __init__(self, mode: str) -> None:
-        self.mode = mode
-
     def shape(self, route: RouteRequest, body: Mapping[str, Any], decision: Any,
               ctx: ShapeContext) -> Shaping | None:
+        mode = ctx.config["FLEET_CONTEXT_PROTECTION"]  # a value of MODES (the setting's choices)
         wanted = route.num_ctx
+        if mode == "passthrough":
+            return None
         endpoint = decision.endpoint
         if wanted is None or route.api != "ollama" or endpoint is None or endpoint.kind != "ollama":
             return None  # options.num_ctx is Ollama's own: other engines are not reloaded by it
@@ -62,8 +58,8 @@ class ContextProtection:
                       requested=wanted, loaded=have, action="reload")
             return None
         ctx.event("context_num_ctx_would_reload", node_id=node.node_id, model=decision.model,
-                  requested=wanted, loaded=have, action=self.mode)
-        if self.mode != "strip":
+                  requested=wanted, loaded=have, action=mode)
+        if mode != "strip":
             return None
         # Sent as the loaded value, not deleted: a request without num_ctx asks Ollama for its
         # default context, which reloads a model loaded with an explicit one (ollama#18129).
@@ -80,7 +76,8 @@ class ContextUpgrade:
     order = 10
 
     def substitute(self, route: RouteRequest, ctx: ShapeContext) -> Substitution | None:
-        if not route.num_ctx or route.api != "ollama":
+        if not route.num_ctx or route.api != "ollama" \
+                or ctx.config["FLEET_CONTEXT_PROTECTION"] != "strip":
             return None
         model = larger_hot_sibling(ctx.fleet.nodes.values(), route.model,
                                    min_context=route.num_ctx)
@@ -96,9 +93,4 @@ def herd_settings() -> Sequence[Setting]:
 
 @hookimpl
 def herd_request_shapers(config: Config) -> Sequence[Any]:
-    mode = protection_mode(config)
-    if mode == "passthrough":
-        return []
-    if mode == "warn":
-        return [ContextProtection(mode)]
-    return [ContextProtection(mode), ContextUpgrade()]
+    return [ContextProtection(), ContextUpgrade()]

@@ -104,3 +104,21 @@ def test_options_num_ctx_is_left_alone_for_other_engines():
     d = decision(node_loaded=[loaded("llama3.2:3b", 8192)], kind="openai")
     out = shaper().outbound(route(num_ctx=2048), b"raw", body, d)
     assert out.body == b"raw" and not out.headers
+
+
+def test_the_mode_is_read_per_request_so_a_runtime_change_applies_at_once():
+    events = []
+    harness = shaper("passthrough", events)
+    body = {"model": "llama3.2:3b", "options": {"num_ctx": 2048}}
+    d = decision(node_loaded=[loaded("llama3.2:3b", 8192)])
+    assert harness.outbound(route(num_ctx=2048), b"raw", body, d).body == b"raw" and not events
+    config = harness.shapers.ctx.config
+    config.set_runtime("FLEET_CONTEXT_PROTECTION", "strip")
+    out = harness.outbound(route(num_ctx=2048), b"raw", body, d)
+    assert json.loads(out.body)["options"] == {"num_ctx": 8192}
+    config.set_runtime("FLEET_CONTEXT_PROTECTION", None)  # back to the configured passthrough
+    assert harness.outbound(route(num_ctx=2048), b"raw", body, d).body == b"raw"
+
+
+def test_the_mode_is_read_case_insensitively_as_one_of_its_choices():
+    assert shaper("WARN").shapers.ctx.config["FLEET_CONTEXT_PROTECTION"] == "warn"

@@ -1,6 +1,7 @@
 """Thinking budgets: a thinking model spends most of a ``num_predict`` / ``max_tokens`` budget on
 reasoning, so when the model will think (it can, and the request did not turn thinking off) the
-budget is raised, and the answer's split between thinking and output is reported (``meter``)."""
+budget is raised, and the answer's split between thinking and output is reported (``meter``). Its
+settings may be changed while the router runs: they are read per request."""
 
 from __future__ import annotations
 
@@ -16,11 +17,11 @@ from herd_kernel.models import RouteRequest, normalize_model
 from herd_shaper_thinking.meter import ThinkingMeter
 
 SETTINGS = (
-    Setting(env="FLEET_THINKING_OVERHEAD", type=float, default=4.0,
+    Setting(env="FLEET_THINKING_OVERHEAD", type=float, default=4.0, runtime=True,
             help="A thinking model's num_predict / max_tokens is multiplied by this, since most of "
             "the budget goes to reasoning; not when the request turns thinking off (think: false, "
             "reasoning_effort: none)."),
-    Setting(env="FLEET_THINKING_MIN_PREDICT", type=int, default=1024,
+    Setting(env="FLEET_THINKING_MIN_PREDICT", type=int, default=1024, runtime=True,
             help="Lower bound of an inflated thinking budget, in tokens."),
 )
 
@@ -49,16 +50,14 @@ class ThinkingBudget:
     name = "thinking_budget"
     order = 50
 
-    def __init__(self, overhead: float, min_predict: int) -> None:
-        self.overhead = overhead
-        self.min_predict = min_predict
-
     def shape(self, route: RouteRequest, body: Mapping[str, Any], decision: Any,
               ctx: ShapeContext) -> Shaping | None:
         if route.num_predict is None or route.num_predict <= 0 or not is_thinking(decision) \
                 or thinking_off(route.api, body, decision.model):
             return None
-        budget = max(self.min_predict, int(route.num_predict * self.overhead))
+        config = ctx.config
+        budget = max(int(config["FLEET_THINKING_MIN_PREDICT"]),
+                     int(route.num_predict * float(config["FLEET_THINKING_OVERHEAD"])))
         if route.api == "ollama":
             options = body.get("options")
             field = "options.num_predict"
@@ -78,5 +77,4 @@ def herd_settings() -> Sequence[Setting]:
 
 @hookimpl
 def herd_request_shapers(config: Config) -> Sequence[Any]:
-    return [ThinkingBudget(float(config["FLEET_THINKING_OVERHEAD"]),
-                           int(config["FLEET_THINKING_MIN_PREDICT"]))]
+    return [ThinkingBudget()]

@@ -59,3 +59,21 @@ def test_an_embedding_model_is_never_served_by_a_chat_model():
     ns = nodes(heartbeat_payload("a", available=[m("all-minilm", "bert", 1, ["embedding"])],
                                  loaded=[m("llama3.2:3b", "llama", 2)]))
     assert vram_substitute(ns, "all-minilm") is None
+
+
+async def test_off_by_default_and_on_at_once_when_the_live_setting_changes():
+    from herd_kernel.fleet import Fleet
+    from herd_kernel.models import Heartbeat, RouteRequest, structure
+    from herd_kernel.testing import load_shapers
+
+    fleet = Fleet()
+    fleet.apply_heartbeat(structure(heartbeat_payload("a", available=[QWEN7], loaded=[
+        m("qwen2.5:14b", "qwen2", 9, ["completion"], "14.8B")]), Heartbeat))
+    shapers = load_shapers("shaper-vram-fallback", fleet=fleet)
+    route = RouteRequest(model="qwen2.5:7b", api="ollama", path="/api/chat", stream=False)
+    served, _ = await shapers.before(route)
+    assert served.model == "qwen2.5:7b"
+    shapers.ctx.config.set_runtime("FLEET_VRAM_FALLBACK", True)
+    served, announced = await shapers.before(route)
+    assert served.model == "qwen2.5:14b"
+    assert announced.headers == {"X-Fleet-Vram-Fallback": "qwen2.5:7b -> qwen2.5:14b"}
