@@ -241,3 +241,10 @@ def test_plugins_import_only_the_kernels_public_modules(package):
                 private.append(f"{source.relative_to(ROOT)}:{line} imports {module}")
     assert not private, "plugins may import only " + ", ".join(sorted(PUBLIC_KERNEL)) + \
         ":\n" + "\n".join(private)
+
+
+def test_the_readme_lists_every_plugin_package():
+    readme = (ROOT / "README.md").read_text()
+    missing = [d.name for d in sorted((ROOT / "plugins").iterdir())
+               if (d / "pyproject.toml").exists() and f"`{d.name}`" not in readme]
+    assert not missing, f"README.md's plugin table does not list: {missing}"
