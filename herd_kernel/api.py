@@ -7,7 +7,7 @@ kernel can change inside without breaking plugins.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from attrs import define, field, frozen
@@ -195,6 +195,10 @@ class RouterAPI(Protocol):
     #: changes to ``runtime`` settings while the router runs: ``await settings.change({...})``
     #: checks, saves (in the data dir) and puts them in force in ``config``
     settings: RuntimeSettings
+    #: extra sections of the ``/fleet/status`` body: name -> a quick, synchronous function that
+    #: returns the section (e.g. ``"trace_store"``: a store's counters); a name the body already
+    #: has is not replaced, and a function that raises shows as ``{"error": ...}``
+    status_sections: dict[str, Callable[[], Mapping[str, Any]]]
 
     async def read_json(self, request: web.Request,
                         max_bytes: int | None = None) -> tuple[bytes, dict[str, Any]]:
@@ -219,6 +223,14 @@ class RouterAPI(Protocol):
 
     def upstream_headers(self, path: str, body: bytes, method: str = "POST") -> dict[str, str]:
         """The headers of a request to a node (signed when a fleet secret is set)."""
+        ...
+
+    def restore_latency(self, rows: Iterable[tuple[str, str, float]]) -> None:
+        """Seed the in-memory latency history that signals read from stored ``(node_id, model,
+        latency_ms)`` rows of completed requests, oldest first (``model`` normalized); the
+        kernel keeps the newest 256 per node and model. The nodes named are expected back: until
+        one reports, a request for a model only it served waits instead of getting a 404. For a
+        store plugin at ``herd_startup``."""
         ...
 
     @property

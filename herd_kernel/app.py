@@ -11,7 +11,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,7 @@ from herd_kernel.api import RouteDef, ShapeContext
 from herd_kernel.config import Config, RuntimeSettings
 from herd_kernel.fleet import Fleet, NodeConflict, PendingNode
 from herd_kernel.health import HealthEngine
-from herd_kernel.latency import WINDOW, LatencyHistory
+from herd_kernel.latency import LatencyHistory
 from herd_kernel.models import (
     Endpoint,
     Heartbeat,
@@ -49,7 +49,6 @@ from herd_kernel.plugins import PluginHost
 from herd_kernel.queues import QueueManager
 from herd_kernel.scoring import Scorer
 from herd_kernel.shaping import Shapers
-from herd_kernel.store import TraceStore
 from herd_kernel.upstream import Upstream
 from herd_kernel.wire import (
     REQUEST_ID,
@@ -94,11 +93,6 @@ class Services:
         self.shapers = Shapers(host.shapers(config), ShapeContext(
             fleet=self.fleet, config=config, event=self.event, endpoint_post=self.endpoint_post))
         self.latency = LatencyHistory()
-        self.store = TraceStore(
-            Path(config["FLEET_DATA_DIR"]) / "latency.db",
-            queue_size=config["FLEET_TRACE_QUEUE_SIZE"],
-            retention_days=config["FLEET_TRACE_RETENTION_DAYS"],
-        )
         self.scorer = Scorer(self.fleet, self.signals, config, self.latency, self.refuses)
         self.queues = QueueManager(self.fleet, self.scorer, config, warm=self.warm,
                                    event=self.event, policies=host.lane_policies(config))
@@ -111,6 +105,8 @@ class Services:
         self.health = HealthEngine(
             host.named_health_checks(config), status=lambda: fleet_status(self),
             events=lambda: tuple(self.events), cache_s=config["FLEET_HEALTH_CACHE_S"])
+        # extra sections of /fleet/status that plugins provide (the trace store's counters)
+        self.status_sections: dict[str, Callable[[], Mapping[str, Any]]] = {}
         self.http: aiohttp.ClientSession  # opened in the app's cleanup context
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
         self.body_timeout = float(config["FLEET_BODY_TIMEOUT"])
@@ -190,11 +186,17 @@ class Services:
         self.health.event(kind, fields)
         log.debug("routing event", kind=kind, **fields)
 
+    def restore_latency(self, rows: Iterable[tuple[str, str, float]]) -> None:
+        """Seed the latency history from stored ``(node_id, model, latency_ms)`` rows, oldest
+        first; the nodes they name are expected back after a restart."""
+        rows = list(rows)
+        self.latency.restore(rows)
+        self.scorer.expected |= {node_id for node_id, _model, _ms in rows}
+
     def record(self, trace: Trace) -> None:
         """The end of every proxied request: one log line, the recent list, the health
         tallies, plugin hooks."""
         self.recent_traces.append(trace)
-        self.store.submit(trace)
         self.health.record(trace)
         if trace.status == "completed" and trace.node_id is not None:
             self.latency.record(
@@ -218,7 +220,7 @@ class Services:
         if not logs.request_line(fields):
             request_log.info("request", **fields)
         if self._notify_traces:
-            self.host.notify("herd_request_finished", trace=trace)
+            self.host.notify("herd_request_finished", trace=trace, services=self)
 
 
 def _log_status_change(node_id: str, old: str | None, new: str) -> None:
@@ -426,7 +428,7 @@ def fleet_status(services: Services) -> dict[str, Any]:
     for pending in sorted(fleet.pending.values(), key=lambda p: p.node_id):
         nodes.append(_pending_entry(pending, now))
     queue = services.queues.snapshot(services.latency)
-    return {
+    body = {
         "fleet": {
             "nodes_total": len(fleet.nodes),
             "nodes_online": sum(1 for n in fleet.nodes.values() if n.status == "online"),
@@ -439,12 +441,15 @@ def fleet_status(services: Services) -> dict[str, Any]:
         "nodes": nodes,
         "queues": queue["queues"],
         "holding": queue["holding"],
-        "trace_store": {  # written, dropped (queue full), failed (refused by SQLite), waiting
-            "written": services.store.written, "dropped": services.store.dropped,
-            "failed": services.store.failed, "queued": services.store.queue.qsize()},
         "router_version": __version__,
         "timestamp": time.time(),
     }
+    for name, section in services.status_sections.items():
+        try:
+            body.setdefault(name, dict(section()))
+        except Exception as exc:  # noqa: BLE001 - a plugin's section must not break the status
+            body.setdefault(name, {"error": repr(exc)})
+    return body
 
 
 # the keys of a node's status entry, which an endpoint kind's name must not replace
@@ -792,10 +797,6 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     )
     services.pipeline.upstream = Upstream(  # the routed requests' own lean client
         connect_timeout=config["FLEET_CONNECT_TIMEOUT"], read_timeout=config["FLEET_READ_TIMEOUT"])
-    await services.store.open()
-    recent = await services.store.recent_latencies(WINDOW)
-    services.latency.restore(recent)
-    services.scorer.expected = {node_id for node_id, _model, _ms in recent}
     sweeper = asyncio.create_task(services.fleet.run_sweeper(), name="herd-fleet-sweeper")
     queue_pass = asyncio.create_task(services.queues.run(), name="herd-queues")
     await services.host.lifecycle("herd_startup", services)
@@ -815,4 +816,3 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await services.queues.close()
         await services.http.close()
         await services.pipeline.upstream.close()
-        await services.store.close()

@@ -471,19 +471,6 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         "relayed, so that a node that fails half-way can still be retried); larger gets 502.",
     ),
     Setting(
-        env="FLEET_TRACE_RETENTION_DAYS",
-        type=float,
-        default=30.0,
-        help="Days of request traces kept in <data dir>/latency.db (0 keeps everything).",
-    ),
-    Setting(
-        env="FLEET_TRACE_QUEUE_SIZE",
-        type=int,
-        default=10000,
-        help="Traces waiting to be written before new ones are dropped (the request path never "
-        "waits for the database).",
-    ),
-    Setting(
         env="FLEET_CONNECT_TIMEOUT",
         type=float,
         default=5.0,

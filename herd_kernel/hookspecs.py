@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         LanePolicy,
         NodeAPI,
         Panel,
+        RouteDef,
         RouterAPI,
         Sensor,
         Shaper,
@@ -136,11 +137,12 @@ class HerdSpec:
         """
 
     @hookspec
-    def herd_request_finished(self, trace: Trace) -> None:
+    def herd_request_finished(self, trace: Trace, services: RouterAPI) -> None:
         """A proxied request has finished (completed, failed or abandoned by its client).
 
-        Called once per request, after the response has been sent, with the frozen ``Trace``. Must
-        be quick and must not block: hand work to a queue or task.
+        Called once per request, after the response has been sent, with the frozen ``Trace`` and
+        the ``RouterAPI`` of the router that served it (a process may run several). Must be quick
+        and must not block: hand work to a queue or task.
         """
 
     @hookspec

@@ -26,7 +26,7 @@ PLUGINS = sorted(
 )
 # the families in DESIGN.md, and ``fleet``: the owner's administration APIs (herd-fleet-admin)
 KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "policy", "shaper", "fleet"}
-DIST = re.compile(r"^herd-(?P<kind>[a-z0-9]+)-(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*)$")
+DIST = re.compile(r"^herd-(?P<kind>[a-z0-9]+)(?:-(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*))?$")
 
 
 def hookspecs() -> dict[str, object]:
@@ -120,7 +120,7 @@ def test_plugin_package_shape(package):
     assert match, f"{package.name}: distribution {dist!r} is not herd-<kind>-<name>"
     assert dist == package.name, f"directory {package.name} holds distribution {dist!r}"
     kind, name = match["kind"], match["name"]
-    module = f"herd_{kind}_{name.replace('-', '_')}"
+    module = f"herd_{kind}_{name.replace('-', '_')}" if name else f"herd_{kind}"
     if tomllib.loads(pyproject.read_text()).get("tool", {}).get("herd", {}).get("library"):
         # a library that plugins share (``[tool.herd] library = true``): no entry point, never
         # loaded on its own, but documented and tested like a plugin
@@ -130,9 +130,11 @@ def test_plugin_package_shape(package):
         assert (package / "README.md").is_file(), f"{dist}: no README.md"
         assert list((package / "tests").glob("test_*.py")), f"{dist}: tests/ has no test_*.py"
         return
-    assert kind in KINDS, f"{dist}: kind {kind!r} is not one of {sorted(KINDS)}"
-
-    entry = f"{kind}-{name}"
+    if name is None:  # a feature of its own, one word (herd-analytics): entry and module too
+        entry, module = kind, f"herd_{kind}"
+    else:
+        assert kind in KINDS, f"{dist}: kind {kind!r} is not one of {sorted(KINDS)}"
+        entry = f"{kind}-{name}"
     entries = project.get("entry-points", {}).get(ENTRY_POINT_GROUP, {})
     assert entry in entries, (
         f"{dist}: no entry point {entry!r} in group {ENTRY_POINT_GROUP!r}: {entries}"

@@ -10,6 +10,7 @@ import attrs
 import ollama
 import openai
 import pytest
+from herd_analytics import store_of
 from herd_sim import PROFILES, Fault, SimFleet
 
 from herd_kernel.testing import wait_for
@@ -284,9 +285,9 @@ async def test_thinking_split_of_a_stream_is_in_the_trace(herd, fleet):
     assert trace.stream and trace.details["thinking_tokens"] == min(lines[-1]["eval_count"], thinking // 4)
     assert trace.details["output_tokens"] == lines[-1]["eval_count"] - trace.details["thinking_tokens"]
     assert trace.details["done_reason"] == lines[-1]["done_reason"]
-    await herd.services.store.flush()
+    await store_of(herd.services).flush()
     import sqlite3
-    [(stored,)] = sqlite3.connect(herd.services.store.path).execute(
+    [(stored,)] = sqlite3.connect(store_of(herd.services).path).execute(
         "SELECT details FROM request_traces WHERE model='deepseek-r1:7b'").fetchall()
     assert json.loads(stored)["budget"] == 1024
 
@@ -298,9 +299,9 @@ async def test_tags_reach_the_trace_store(herd, fleet):
         async with http.post(f"{herd.url}/api/chat", json=body,
                              headers={"X-App-Tag": "aider", "X-Herd-Tags": "team-a, nightly"}) as r:
             assert r.status == 200
-    await herd.services.store.flush()
+    await store_of(herd.services).flush()
     import sqlite3
-    db = sqlite3.connect(herd.services.store.path)
+    db = sqlite3.connect(store_of(herd.services).path)
     [(tags,)] = db.execute("SELECT tags FROM request_traces").fetchall()
     assert json.loads(tags) == ["aider", "team-a", "nightly", "batch"]
 

@@ -10,6 +10,7 @@ import json
 import aiohttp
 import attrs
 import pytest
+from herd_analytics import store_of
 from herd_sim import PROFILES, Fault
 
 from herd_kernel.testing import heartbeat_payload, wait_for
@@ -137,7 +138,7 @@ async def test_after_a_restart_a_model_of_a_node_not_back_yet_is_503_not_404(sim
             assert r.status == 200
         status, _headers, _body = await post(http, first.url, CHAT)
         assert status == 200
-        await first.services.store.flush()
+        await store_of(first.services).flush()
         # a new router on the same data dir: another node reports first, n1 not yet
         second = await herd_router()
         async with http.post(f"{second.url}/heartbeat",

@@ -9,6 +9,7 @@ import logging
 
 import aiohttp
 import pytest
+from herd_analytics import store_of
 from structlog.testing import capture_logs
 
 MODEL = "llama3.2:3b"
@@ -61,7 +62,7 @@ async def sim_router(herd_router):
     fleet = SimFleet([attrs.evolve(PROFILES["medium"], name="s1", loaded=(MODEL,),
                                    models=(MODEL,))], time_scale=0.01)
     await fleet.start()
-    router = await herd_router(plugins="backend-ollama")
+    router = await herd_router(plugins="backend-ollama,analytics")
     payload = heartbeat_payload("s1", url=fleet.nodes["s1"].url, loaded=[MODEL])
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{router.url}/heartbeat", json=payload) as r:
@@ -70,8 +71,8 @@ async def sim_router(herd_router):
 
 
 async def rows_for(router, request_id: str) -> int:
-    await router.services.store.flush()
-    async with router.services.store.db.execute(
+    await store_of(router.services).flush()
+    async with store_of(router.services).db.execute(
             "SELECT COUNT(*) FROM request_traces WHERE request_id = ?", (request_id,)) as cur:
         [(count,)] = await cur.fetchall()
     return count
@@ -118,7 +119,7 @@ async def test_a_model_name_with_a_lone_surrogate_is_traced(herd_router):
                     assert "not found" in (await r.json())["error"]
             assert await rows_for(router, "lone-surrogate-1") == 1
         assert not [e for e in entries if e["log_level"] == "error"], entries
-        async with router.services.store.db.execute(
+        async with store_of(router.services).db.execute(
                 "SELECT model FROM request_traces WHERE request_id = 'lone-surrogate-1'") as cur:
             [(model,)] = await cur.fetchall()
         assert model == "\ufffdx"  # the lone surrogate stored as U+FFFD

@@ -43,6 +43,7 @@ from urllib.parse import quote
 import aiohttp
 import attrs
 import pytest
+from herd_analytics import store_of
 from herd_sim import PROFILES, SimFleet
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
@@ -410,9 +411,9 @@ class Harness:
         await wait_for(lambda: not queues.active and not any(fleet.node_in_flight.values())
                        and not queues.waiting_total and not queues.held, timeout=15)
         if reply is not None and "x-request-id" in reply.headers:
-            await services.store.flush()
+            await store_of(services).flush()
             wanted = reply.headers["x-request-id"]
-            async with services.store.db.execute(
+            async with store_of(services).db.execute(
                     "SELECT COUNT(*) FROM request_traces WHERE request_id = ?", (wanted,)) as cur:
                 [(count,)] = await cur.fetchall()
             assert count == 1, f"{count} trace rows for request {wanted!r} ({reply.status})"

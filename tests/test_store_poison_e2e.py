@@ -9,6 +9,7 @@ import sqlite3
 import aiohttp
 import pytest
 from aiohttp import web
+from herd_analytics import store_of
 from herd_api_formats import counts
 
 from herd_kernel.testing import heartbeat_payload
@@ -92,7 +93,7 @@ async def raw_post(url: str, path: str, body: bytes, header_lines: bytes) -> byt
 
 
 async def test_poisoned_traces_lose_no_row(herd_router, fake_node, tmp_path):
-    router = await herd_router(plugins="backend-ollama", env={"FLEET_DATA_DIR": str(tmp_path / "d")})
+    router = await herd_router(plugins="backend-ollama,analytics", env={"FLEET_DATA_DIR": str(tmp_path / "d")})
     beat = heartbeat_payload("fake", url=fake_node, loaded=[MODEL])
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{router.url}/heartbeat", json=beat) as r:
@@ -122,7 +123,7 @@ async def test_poisoned_traces_lose_no_row(herd_router, fake_node, tmp_path):
                             b"X-Request-Id: req-\xff\xfe-latin\r\n")
     assert answer.startswith(b"HTTP/1.1 200")
 
-    await router.services.store.flush()
+    await store_of(router.services).flush()
     db = sqlite3.connect(tmp_path / "d" / "latency.db")
     rows = db.execute("SELECT request_id, model, status, prompt_tokens, completion_tokens "
                       "FROM request_traces").fetchall()
@@ -136,7 +137,7 @@ async def test_poisoned_traces_lose_no_row(herd_router, fake_node, tmp_path):
     # an id the router cannot echo in a header is replaced by its own; the row is still there
     assert [rid for rid in by_id if rid.startswith("req-")] == []
     assert [row[1] for row in rows if row[1] != MODEL] == ["\ufffd"]
-    assert router.services.store.failed == 0
+    assert store_of(router.services).failed == 0
     async with aiohttp.ClientSession() as http:  # what an operator (and the health checks) see
         async with http.get(f"{router.url}/fleet/status") as r:
             store = (await r.json())["trace_store"]

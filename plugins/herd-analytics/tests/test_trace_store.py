@@ -10,10 +10,11 @@ import aiohttp
 import attrs
 import pytest
 import structlog
+from herd_analytics import store_of
+from herd_analytics.store import SCHEMA, TraceStore, trace_row
 from herd_sim import PROFILES, Fault, SimNode
 
 from herd_kernel.models import Attempt, Trace
-from herd_kernel.store import SCHEMA, TraceStore, trace_row
 
 
 def trace(i, **kw):
@@ -67,12 +68,12 @@ async def test_full_queue_drops_and_counts_instead_of_blocking(tmp_path):
 
 async def test_latency_history_survives_a_restart(herd_router, tmp_path):
     env = {"FLEET_DATA_DIR": str(tmp_path / "data")}
-    router = await herd_router(plugins="backend-ollama", env=env)
+    router = await herd_router(plugins="backend-ollama,analytics", env=env)
     for i in range(10):
         router.services.record(trace(i, latency_ms=100.0 + i))
-    await router.services.store.flush()
+    await store_of(router.services).flush()
     await router.runner.cleanup()
-    again = await herd_router(plugins="backend-ollama", env=env)
+    again = await herd_router(plugins="backend-ollama,analytics", env=env)
     assert again.services.latency.samples("n", "m:1") == 10
     assert again.services.latency.p75_ms("n", "m:1") == 107.0
 
@@ -86,7 +87,7 @@ async def node():
 
 
 async def test_a_thousand_concurrent_requests_lose_no_trace_row(herd_router, herd_agent, node, tmp_path):
-    router = await herd_router(plugins="backend-ollama",
+    router = await herd_router(plugins="backend-ollama,analytics",
                                env={"FLEET_DATA_DIR": str(tmp_path / "d")})
     await herd_agent(router.url, node.url, "big")
     model = "llama3.2:3b"  # loaded on the large profile
@@ -102,7 +103,7 @@ async def test_a_thousand_concurrent_requests_lose_no_trace_row(herd_router, her
 
         statuses = await asyncio.gather(*(one(i) for i in range(1000)))
     assert statuses == [200] * 1000
-    await router.services.store.flush()
+    await store_of(router.services).flush()
     db = sqlite3.connect(tmp_path / "d" / "latency.db")
     ids = {r[0] for r in db.execute("SELECT request_id FROM request_traces")}
     assert ids == {f"req-{i}" for i in range(1000)}
@@ -112,7 +113,7 @@ async def test_a_thousand_concurrent_requests_lose_no_trace_row(herd_router, her
 
 
 async def test_failed_requests_are_found_by_the_failed_query(herd_router, herd_agent, node, tmp_path):
-    router = await herd_router(plugins="backend-ollama",
+    router = await herd_router(plugins="backend-ollama,analytics",
                                env={"FLEET_DATA_DIR": str(tmp_path / "d")})
     await herd_agent(router.url, node.url, "big")
     model = "llama3.2:3b"  # loaded on the large profile
@@ -120,7 +121,7 @@ async def test_failed_requests_are_found_by_the_failed_query(herd_router, herd_a
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{router.url}/api/chat", json={"model": model, "messages": []}) as r:
             assert r.status == 502
-    await router.services.store.flush()
+    await store_of(router.services).flush()
     db = sqlite3.connect(tmp_path / "d" / "latency.db")
     rows = db.execute("SELECT request_id, model, status, error_message FROM request_traces "
                       "WHERE status='failed' ORDER BY timestamp DESC LIMIT 20").fetchall()
@@ -237,7 +238,7 @@ def test_token_counts_are_int64_or_null(value, stored):
 def test_a_sanitised_row_is_accepted_by_sqlite():
     db = sqlite3.connect(":memory:")
     db.executescript(SCHEMA)
-    from herd_kernel.store import _INSERT
+    from herd_analytics.store import _INSERT
 
     db.execute(_INSERT, trace_row(poisoned(1)))
     assert db.execute("SELECT count(*) FROM request_traces").fetchone() == (1,)

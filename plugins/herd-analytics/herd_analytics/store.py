@@ -1,5 +1,7 @@
 """The trace store: ``<data dir>/latency.db`` (SQLite, WAL), written by one task from a bounded
-queue in batches, so a request never waits for the database. Old rows are pruned by retention.
+queue in batches, so a request never waits for the database. Each batch updates the hourly and
+daily roll-ups (``rollups``) in the same transaction. Old rows are pruned by retention: raw
+traces after ``retention_days``, roll-ups after ``rollup_retention_days``.
 
 The ``request_traces`` columns keep the names the reference's users already query
 (``SELECT request_id, model, status, error_message FROM request_traces WHERE status='failed'``);
@@ -19,6 +21,7 @@ from typing import Any
 import aiosqlite
 import structlog
 
+from herd_analytics import rollups
 from herd_kernel.models import Trace, normalize_model
 
 log = structlog.get_logger("herd.store")
@@ -68,6 +71,8 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 
 BATCH = 500
 _STOP = object()
+#: ``PRAGMA user_version`` of a database whose roll-ups are built (0: created before roll-ups)
+ROLLUP_VERSION = 1
 
 
 def trace_row(trace: Trace) -> tuple[Any, ...]:
@@ -191,9 +196,11 @@ def _plain(value: Any, depth: int) -> Any:
 class TraceStore:
     """One connection, one writer task. ``submit`` never blocks; a full queue drops and counts."""
 
-    def __init__(self, path: Path, *, queue_size: int = 10_000, retention_days: float = 30.0) -> None:
+    def __init__(self, path: Path, *, queue_size: int = 10_000, retention_days: float = 30.0,
+                 rollup_retention_days: float = 400.0) -> None:
         self.path = Path(path)
         self.retention_days = retention_days
+        self.rollup_retention_days = rollup_retention_days
         self.queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=queue_size)
         self.db: aiosqlite.Connection | None = None
         self.written = 0
@@ -208,20 +215,42 @@ class TraceStore:
         await self.db.execute("PRAGMA journal_mode=WAL")
         await self.db.execute("PRAGMA synchronous=NORMAL")
         await self.db.execute("PRAGMA busy_timeout=5000")
-        await self.db.executescript(SCHEMA)
+        await self.db.executescript(SCHEMA + rollups.schema())
         await self._migrate()
         await self.db.commit()
         await self.prune()
         self._writer = asyncio.create_task(self._write_loop(), name="herd-trace-writer")
 
     async def _migrate(self) -> None:
-        """Columns added after a database was created (CREATE TABLE IF NOT EXISTS keeps old ones)."""
+        """Columns added after a database was created (CREATE TABLE IF NOT EXISTS keeps old ones),
+        and, once, the roll-ups of the rows a database held before it had roll-ups."""
         assert self.db is not None
         async with self.db.execute("PRAGMA table_info(request_traces)") as cursor:
             have = {row[1] for row in await cursor.fetchall()}
         for column, kind in (("details", "TEXT"),):
             if column not in have:
                 await self.db.execute(f"ALTER TABLE request_traces ADD COLUMN {column} {kind}")
+        async with self.db.execute("PRAGMA user_version") as cursor:
+            [(version,)] = await cursor.fetchall()
+        if version >= ROLLUP_VERSION:
+            return
+        started = time.monotonic()
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for table in rollups.TABLES.values():
+                await self.db.execute(f"DELETE FROM {table}")
+            async with self.db.execute("SELECT count(*) FROM request_traces") as cursor:
+                [(rows,)] = await cursor.fetchall()
+            if rows:
+                await self._roll_up(after=0)
+            await self.db.execute(f"PRAGMA user_version = {ROLLUP_VERSION}")
+            await self.db.commit()
+        except BaseException:
+            await self.db.rollback()
+            raise
+        if rows:
+            log.info("trace roll-ups built from the rows already stored", rows=rows,
+                     seconds=round(time.monotonic() - started, 3))
 
     async def close(self) -> None:
         """Write what is queued, then close (an unclosed aiosqlite thread hangs interpreter exit)."""
@@ -232,6 +261,12 @@ class TraceStore:
         if self.db is not None:
             await self.db.close()
             self.db = None
+
+    def counters(self) -> dict[str, int]:
+        """Rows written, dropped (queue full), failed (refused by SQLite) and waiting: the
+        ``trace_store`` section of ``/fleet/status``."""
+        return {"written": self.written, "dropped": self.dropped, "failed": self.failed,
+                "queued": self.queue.qsize()}
 
     def submit(self, trace: Trace) -> None:
         try:
@@ -259,6 +294,7 @@ class TraceStore:
                     await self.prune()
             except Exception as exc:  # noqa: BLE001 - a disk problem must not stop the router
                 log.error("trace write failed", error=repr(exc), rows=len(batch))
+                await self._rollback()
             finally:
                 for _ in batch:
                     self.queue.task_done()
@@ -266,9 +302,9 @@ class TraceStore:
                 return
 
     async def _write(self, traces: list[Trace]) -> None:
-        """One ``executemany`` for the batch; if SQLite refuses it, the batch is rolled back and
-        written row by row, so one bad row costs only itself (logged with its request id, counted
-        in ``failed``)."""
+        """One transaction per batch: one ``executemany``, then the roll-ups of the rows it
+        added. If SQLite refuses the batch, it is rolled back and written row by row, so one bad
+        row costs only itself (logged with its request id, counted in ``failed``)."""
         assert self.db is not None
         rows = []
         for trace in traces:
@@ -278,24 +314,53 @@ class TraceStore:
                 self._row_failed(trace, exc)
         if not rows:
             return
+        # the write lock first, so the ids after ``after`` are this batch's alone
+        after = await self._begin()
         try:
             await self.db.executemany(_INSERT, [row for _, row in rows])
-            await self.db.commit()
-            self.written += len(rows)
-            return
+            written = len(rows)
         except Exception as exc:  # noqa: BLE001 - find the row SQLite refused
             log.warning("trace batch refused; writing it row by row", rows=len(rows),
                         error=repr(exc))
             await self.db.rollback()  # rows before the bad one are in the open transaction
-        written = 0
-        for trace, row in rows:
-            try:
-                await self.db.execute(_INSERT, row)
-                written += 1
-            except Exception as exc:  # noqa: BLE001
-                self._row_failed(trace, exc)
+            after = await self._begin()
+            written = 0
+            for trace, row in rows:
+                try:
+                    await self.db.execute(_INSERT, row)
+                    written += 1
+                except Exception as exc:  # noqa: BLE001
+                    self._row_failed(trace, exc)
+        await self.db.execute("SAVEPOINT rollups")
+        try:
+            await self._roll_up(after)
+        except Exception as exc:  # noqa: BLE001 - the traces matter more than their roll-ups
+            await self.db.execute("ROLLBACK TO rollups")
+            log.error("trace roll-ups not updated for a batch", rows=written, error=repr(exc))
+        await self.db.execute("RELEASE rollups")
         await self.db.commit()
         self.written += written
+
+    async def _begin(self) -> int:
+        """Open a write transaction; the largest row id before it."""
+        assert self.db is not None
+        await self.db.execute("BEGIN IMMEDIATE")
+        async with self.db.execute("SELECT coalesce(max(id), 0) FROM request_traces") as cursor:
+            [(last,)] = await cursor.fetchall()
+        return int(last)
+
+    async def _roll_up(self, after: int) -> None:
+        """Add the rows with ``id > after`` to the hourly and daily roll-ups."""
+        assert self.db is not None
+        for grain in rollups.TABLES:
+            await self.db.execute(rollups.rollup_sql(grain), {"after": after})
+
+    async def _rollback(self) -> None:
+        if self.db is not None and self.db.in_transaction:
+            try:
+                await self.db.rollback()
+            except Exception as exc:  # noqa: BLE001
+                log.error("trace write rollback failed", error=repr(exc))
 
     def _row_failed(self, trace: Any, exc: Exception) -> None:
         self.failed += 1
@@ -304,27 +369,38 @@ class TraceStore:
                   failed=self.failed, exc_info=exc)
 
     async def prune(self) -> int:
+        """Delete raw traces older than ``retention_days`` and roll-up rows whose whole bucket is
+        older than ``rollup_retention_days`` (0: keep); the number of traces deleted."""
         assert self.db is not None
-        self._last_prune = time.time()
-        if self.retention_days <= 0:
-            return 0
-        cutoff = time.time() - self.retention_days * 86400
-        cursor = await self.db.execute("DELETE FROM request_traces WHERE timestamp < ?", (cutoff,))
+        now = self._last_prune = time.time()
+        deleted = 0
+        if self.retention_days > 0:
+            cursor = await self.db.execute("DELETE FROM request_traces WHERE timestamp < ?",
+                                           (now - self.retention_days * 86400,))
+            deleted = cursor.rowcount or 0
+        if self.rollup_retention_days > 0:
+            cutoff = now - self.rollup_retention_days * 86400
+            for grain, table in rollups.TABLES.items():
+                await self.db.execute(f"DELETE FROM {table} WHERE bucket <= ?", (cutoff - grain,))
         await self.db.commit()
-        return cursor.rowcount or 0
+        return deleted
 
     async def recent_latencies(self, per_key: int) -> list[tuple[str, str, float]]:
         """The newest ``per_key`` completed latencies per node:model, oldest first, for restoring
-        the in-memory history at start-up."""
+        the in-memory history at start-up: one indexed read per node and model the roll-ups
+        name, so a start costs the same on a year of traces as on a day."""
         assert self.db is not None
-        query = """
-            SELECT node_id, model, latency_ms FROM (
-                SELECT node_id, model, latency_ms, timestamp,
-                       ROW_NUMBER() OVER (PARTITION BY node_id, model ORDER BY timestamp DESC) AS n
-                FROM request_traces
-                WHERE status = 'completed' AND node_id IS NOT NULL AND latency_ms IS NOT NULL
-            ) WHERE n <= ? ORDER BY timestamp
-        """
-        async with self.db.execute(query, (per_key,)) as cursor:
-            rows = await cursor.fetchall()
-        return [(node, normalize_model(model), float(latency)) for node, model, latency in rows]
+        async with self.db.execute("SELECT DISTINCT node_id, model FROM rollup_daily "
+                                   "WHERE tag = '' AND node_id <> ''") as cursor:
+            keys = await cursor.fetchall()
+        found: list[tuple[float, str, str, float]] = []
+        for node, model in keys:
+            async with self.db.execute(
+                "SELECT timestamp, latency_ms FROM request_traces WHERE node_id = ? AND model = ? "
+                "AND status = 'completed' AND latency_ms IS NOT NULL "
+                "ORDER BY timestamp DESC LIMIT ?", (node, model, per_key),
+            ) as cursor:
+                found += [(ts, node, normalize_model(model), float(latency))
+                          for ts, latency in await cursor.fetchall()]
+        found.sort()
+        return [(node, model, latency) for _ts, node, model, latency in found]
