@@ -13,10 +13,12 @@ import attrs
 import ollama
 import openai
 import pytest
+from aiohttp import web
 from herd_sim import PROFILES, SimFleet
 from structlog.testing import capture_logs
 
 from herd_kernel import hookimpl, keys
+from herd_kernel.api import RouteDef
 from herd_kernel.app import create_app, serve
 from herd_kernel.config import SettingError
 from herd_kernel.testing import make_config, make_host, wait_for
@@ -285,8 +287,20 @@ def cookie_from(response) -> tuple[str, str]:
     return value, header
 
 
+class DashboardPage:
+    """A plugin's public page under /dashboard, as the dashboard issue will add one."""
+
+    @hookimpl
+    def herd_routes(self, services):
+        async def page(request):
+            return web.Response(text="<h1>fleet</h1>", content_type="text/html")
+
+        return [RouteDef(method="GET", path="/dashboard/page", handler=page)]
+
+
 async def test_dashboard_login_sets_a_session_cookie_for_dashboard_reads(herd_router):
-    router = await herd_router(env={"FLEET_API_KEYS": "sk-dash", **NO_WINDOW})
+    router = await herd_router(env={"FLEET_API_KEYS": "sk-dash", **NO_WINDOW},
+                               extra=[DashboardPage()])
     router.services.admission.is_loopback_peer = lambda peer: False  # from elsewhere
     health = f"{router.url}/dashboard/api/health"
     login = f"{router.url}/dashboard/login"
@@ -315,6 +329,14 @@ async def test_dashboard_login_sets_a_session_cookie_for_dashboard_reads(herd_ro
         cookie = {"Cookie": f"{keys.COOKIE}={token}"}
         async with http.get(health) as r:
             assert r.status == 401
+        # a plugin's public page: a browser without a session goes to the login form
+        page = f"{router.url}/dashboard/page"
+        async with http.get(page, headers={"Accept": "text/html"}, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == "/dashboard/login"
+        async with http.get(page) as r:
+            assert r.status == 401
+        async with http.get(page, headers=cookie) as r:
+            assert r.status == 200 and "fleet" in await r.text()
         async with http.get(health, headers=cookie) as r:
             assert r.status == 200 and "score" in await r.json()
         async with http.get(health, headers={"Cookie": f"{keys.COOKIE}={token[:-2]}00"}) as r:
