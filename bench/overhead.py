@@ -1,7 +1,10 @@
 """Added latency of the router: the same requests sent straight to a simulated Ollama node and
 through a real ``herd`` process (default settings) in front of it, side by side in one run.
 
-    uv run --all-packages python bench/overhead.py [--requests 500]
+    uv run --all-packages python bench/overhead.py [--requests 500] [--key K]
+
+``--key K`` starts the router with ``FLEET_API_KEYS=K`` and sends it with every request (both
+paths), to measure what the client-key check adds.
 
 Prints p50/p99 per path in milliseconds and the difference. Numbers, not assertions: this
 machine is shared and noisy, so compare the columns of one run, never runs of different days.
@@ -31,10 +34,13 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+HEADERS: dict[str, str] = {}
+
+
 async def timed(http: aiohttp.ClientSession, url: str, body: dict, stream: bool) -> tuple[float, float]:
     """Total and time-to-first-byte of one request, in ms."""
     t0 = time.perf_counter()
-    async with http.post(url, json=body) as response:
+    async with http.post(url, json=body, headers=HEADERS) as response:
         first = None
         async for _chunk in response.content.iter_any():
             if first is None:
@@ -71,7 +77,7 @@ async def main(n: int, fake: str) -> None:
         async with aiohttp.ClientSession() as http:
             for _ in range(200):
                 try:
-                    async with http.get(f"{router}/api/tags") as r:
+                    async with http.get(f"{router}/api/tags", headers=HEADERS) as r:
                         if (await r.json())["models"]:
                             break
                 except aiohttp.ClientError:
@@ -104,5 +110,9 @@ if __name__ == "__main__":
     parser.add_argument("--requests", type=int, default=500)
     parser.add_argument("--node", choices=("fastnode", "herd-sim"), default="fastnode",
                         help="the fake Ollama behind the router (default: fastnode)")
+    parser.add_argument("--key", default="", help="a client API key the router requires")
     args = parser.parse_args()
+    if args.key:
+        os.environ["FLEET_API_KEYS"] = args.key
+        HEADERS["Authorization"] = f"Bearer {args.key}"
     asyncio.run(main(args.requests, args.node))

@@ -417,11 +417,14 @@ def presented_key(headers: Mapping[str, str]) -> str:
     return headers.get("X-API-Key", "").strip()
 
 
-def admin_problem(admission: Admission, request: Any, *, write: bool) -> tuple[int, str] | None:
+def admin_problem(admission: Admission, request: Any, *, write: bool,
+                  clients: Any = None) -> tuple[int, str] | None:
     """Why this ``/fleet/*`` call may not proceed, or None. Loopback callers are the owner; from
-    elsewhere the admin key (FLEET_ADMIN_KEY) is needed for writes, and for reads once it is set.
-    Writes need a JSON body type, no foreign Origin and no cross-site Sec-Fetch-Site, so a web
-    page cannot forge one."""
+    elsewhere the admin key (FLEET_ADMIN_KEY) is needed for writes, and for reads once it or
+    client keys (``clients``, a ``herd_kernel.keys.Keys``: FLEET_API_KEYS) are set, when a client
+    key or a dashboard session also reads. A key that is none of these is refused, loopback or
+    not. Writes need a JSON body type, no foreign Origin and no cross-site Sec-Fetch-Site, so a
+    web page cannot forge one."""
     if write:
         if request.content_type != "application/json":
             return 415, "admin calls need Content-Type: application/json"
@@ -433,18 +436,25 @@ def admin_problem(admission: Admission, request: Any, *, write: bool) -> tuple[i
             return 403, "cross-site admin call refused"
     admin_key = str(admission.config["FLEET_ADMIN_KEY"])
     key = presented_key(request.headers)
-    if admin_key and key:
-        if hmac.compare_digest(key.encode(), admin_key.encode()):
-            return None
-        return 401, "unauthorized: wrong admin key"
+    if admin_key and key and hmac.compare_digest(key.encode(), admin_key.encode()):
+        return None
+    client_keys = clients is not None and clients.required
+    reader = clients is not None and clients.any and clients.reader(request)
+    if reader and not write:
+        return None
+    if key and not reader and (admin_key or client_keys):
+        return 401, "unauthorized: wrong key"
     host = urlsplit(f"//{request.host}").hostname or ""
     by_address = host == "localhost" or _ip(host) is not None
     if admission.is_loopback_peer(request.remote) and by_address:
         # loopback, and addressed by IP or as localhost (a rebinding web page uses its own name)
         return None
-    if not write and not admin_key:
+    if not write and not admin_key and not client_keys:
         return None
     if admin_key:
-        return 401, "unauthorized: this call needs the admin key (Authorization: Bearer <key>)"
+        need = "an API key or the admin key" if client_keys and not write else "the admin key"
+        return 401, f"unauthorized: this call needs {need} (Authorization: Bearer <key>)"
+    if not write:
+        return 401, "unauthorized: this call needs an API key (Authorization: Bearer <key>)"
     return 403, ("admin calls are accepted only from this machine (loopback) unless "
                  "FLEET_ADMIN_KEY is set")

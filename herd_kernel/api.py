@@ -143,9 +143,10 @@ class RouteDef:
     #: offer it, the highest ``priority`` serves it, and it reaches every backend's engines
     shared: bool = False
     priority: int = 0
-    #: who may call it: anyone (``public``), or behind the ``/fleet/*`` guard: ``read`` (open
-    #: until FLEET_ADMIN_KEY is set, then the key or loopback) or ``write`` (loopback or the key,
-    #: a JSON body, no foreign Origin)
+    #: who may call it: a client (``public``: anyone, or a client key once FLEET_API_KEYS is
+    #: set), or behind the ``/fleet/*`` guard: ``read`` (open until FLEET_ADMIN_KEY or
+    #: FLEET_API_KEYS is set, then loopback, either kind of key or a dashboard session) or
+    #: ``write`` (loopback or the admin key, a JSON body, no foreign Origin); docs/security.md
     access: Literal["public", "read", "write"] = "public"
 
 

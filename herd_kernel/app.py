@@ -20,7 +20,7 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from herd_kernel import __version__, auth, cors, logs
+from herd_kernel import __version__, auth, cors, keys, logs
 from herd_kernel.admission import (
     NODE_KEY_HEADER,
     Admission,
@@ -51,6 +51,7 @@ from herd_kernel.scoring import Scorer
 from herd_kernel.shaping import Shapers
 from herd_kernel.upstream import Upstream
 from herd_kernel.wire import (
+    BODY,
     REQUEST_ID,
     BadRequest,
     api_for_path,
@@ -111,6 +112,7 @@ class Services:
         self.max_body = int(config["FLEET_MAX_BODY_MB"] * 1024 * 1024)
         self.body_timeout = float(config["FLEET_BODY_TIMEOUT"])
         self.nonces = auth.NonceCache()
+        self.keys = keys.Keys(keys.parse(config["FLEET_API_KEYS"]), config["FLEET_ADMIN_KEY"])
         self.router_id = uuid.uuid4().hex[:12]
         self._notify_traces = host.has_impls("herd_request_finished")
         if host.has_impls("herd_node_status_changed"):
@@ -128,7 +130,10 @@ class Services:
     ) -> tuple[bytes, dict[str, Any]]:
         """A request's whole JSON body, read under ``FLEET_MAX_BODY_MB`` (or ``max_bytes``) and
         ``FLEET_BODY_TIMEOUT``, and parsed as Ollama's Go decoder would; raises ``BadRequest``."""
-        return await read_json_object(request, max_bytes or self.max_body, self.body_timeout)
+        raw, body = await read_json_object(request, max_bytes or self.max_body, self.body_timeout)
+        if self.config["FLEET_LOG_BODIES"]:
+            request[BODY] = raw
+        return raw, body
 
     def upstream_headers(self, path: str, body: bytes, method: str = "POST") -> dict[str, str]:
         """Headers for a request to a node: signed with the fleet secret when there is one, so a
@@ -529,12 +534,13 @@ def admin_route(handler: Any, *, write: bool = False) -> Any:
     """Guard a ``/fleet/*`` route (see ``admission.admin_problem``)."""
 
     async def guarded(request: web.Request) -> web.StreamResponse:
-        problem = admin_problem(request.app[SERVICES].admission, request, write=write)
+        services = request.app[SERVICES]
+        problem = admin_problem(services.admission, request, write=write, clients=services.keys)
         if problem is not None:
             return web.json_response({"error": problem[1]}, status=problem[0])
         return await handler(request)
 
-    return guarded
+    return keys.mark(guarded, "write" if write else "read")
 
 
 async def nodes_handler(request: web.Request) -> web.Response:
@@ -625,18 +631,24 @@ def _dumps(obj: Any) -> str:
 
 _KERNEL_ROUTES = {("POST", "/heartbeat"), ("GET", "/fleet/status"), ("GET", "/fleet/queue"),
                   ("GET", "/fleet/traces"), ("GET", "/fleet/nodes"), ("POST", "/fleet/enroll"),
-                  ("GET", "/fleet/hello"), ("GET", "/dashboard/api/health")}
+                  ("GET", "/fleet/hello"), ("GET", "/dashboard/api/health"),
+                  ("GET", "/dashboard/login"), ("POST", "/dashboard/login"),
+                  ("POST", "/dashboard/logout")}
 
 
 def create_app(config: Config, host: PluginHost) -> web.Application:
     services = Services(config, host)
-    app = web.Application(
-        middlewares=[cors.middleware(cors.Origins(config["FLEET_ORIGINS"])), error_middleware],
-        client_max_size=services.max_body + 1024,
-    )
+    middlewares = [cors.middleware(cors.Origins(config["FLEET_ORIGINS"])), error_middleware]
+    if services.keys.required:  # only then: no cost per request without keys
+        middlewares.append(keys.middleware(services.keys))
+    app = web.Application(middlewares=middlewares, client_max_size=services.max_body + 1024)
     app.on_response_prepare.append(cors.on_prepare)
     app[SERVICES] = services
-    app.router.add_post("/heartbeat", heartbeat)
+    for method, path, handler in keys.login_routes(services.keys):
+        app.router.add_route(method, path, handler)
+        if method == "GET":
+            app.router.add_route("HEAD", path, handler)
+    app.router.add_post("/heartbeat", keys.mark(heartbeat, "node"))
     app.router.add_get("/fleet/status", admin_route(status_handler))
     app.router.add_get("/fleet/queue", admin_route(queue_handler))
     app.router.add_get("/fleet/traces", admin_route(traces_handler))
@@ -645,7 +657,7 @@ def create_app(config: Config, host: PluginHost) -> web.Application:
     app.router.add_post(f"{nodes}/approve", admin_route(approve_handler, write=True))
     app.router.add_post(f"{nodes}/remove", admin_route(remove_handler, write=True))
     app.router.add_post("/fleet/enroll", admin_route(enroll_handler, write=True))
-    app.router.add_get("/fleet/hello", hello_handler)
+    app.router.add_get("/fleet/hello", keys.mark(hello_handler, "node"))
     app.router.add_get("/dashboard/api/health", admin_route(health_handler))
     claimed: dict[tuple[str, str], tuple[str, RouteDef]] = {}
     for backend in services.backends:
@@ -702,6 +714,10 @@ async def serve(app: web.Application, host: str, port: int, *,
     CLI and the test fixtures both start the router here."""
     services = app[SERVICES]
     config = services.config
+    if not services.keys.required and not (host and auth.is_loopback(host)):
+        log.warning("listening beyond this machine with no client API keys: anyone who can "
+                    "reach the router may use it; set FLEET_API_KEYS (docs/security.md)",
+                    host=host or "*", port=port)
     sweeper: list[asyncio.Task[None]] = []
 
     async def stop_sweeper(_app: web.Application) -> None:

@@ -364,6 +364,23 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
         secret=True,
     ),
     Setting(
+        env="FLEET_API_KEYS",
+        type=str,
+        default="",
+        help="Client API keys: comma-separated, or a file path (starting with /, ~ or .) with "
+        "one key per line, each optionally followed by a space and an app name that tags its "
+        "requests. When set, every client route needs one (Authorization: Bearer <key> or "
+        "X-API-Key), from this machine too; see docs/security.md.",
+        secret=True,
+    ),
+    Setting(
+        env="FLEET_LOG_BODIES",
+        type=bool,
+        default=False,
+        help="Log every routed request's body (prompts included) in a 'request body' line at "
+        "INFO, with its request id. Off: no prompt or answer ever reaches the logs.",
+    ),
+    Setting(
         env="FLEET_ENROLL_MINUTES",
         type=float,
         default=10.0,

@@ -132,8 +132,10 @@ class HerdSpec:
 
         Called once as the app is built. Return ``herd_kernel.api.RouteDef`` objects, e.g.
         analytics under ``/dashboard/api/``. ``RouteDef.access`` says who may call one: ``read``
-        and ``write`` get the ``/fleet/*`` guard (owner or admin key; writes need a JSON body and
-        no foreign origin). A path already taken by another plugin or the kernel is an error.
+        and ``write`` get the ``/fleet/*`` guard (the owner, the admin key, or for reads a client
+        key; writes need a JSON body and no foreign origin); ``public`` routes need a client key
+        once FLEET_API_KEYS is set. A path already taken by another plugin or the kernel is an
+        error.
         """
 
     @hookspec

@@ -25,7 +25,7 @@ from herd_kernel.models import Attempt, RouteRequest, Trace
 from herd_kernel.queues import Refused, Slot
 from herd_kernel.scoring import Decision, NoRoute
 from herd_kernel.upstream import AnswerTooLarge, Response
-from herd_kernel.wire import BadRequest, Dialect, dialect, error_response, stream_error
+from herd_kernel.wire import BODY, BadRequest, Dialect, dialect, error_response, stream_error
 
 if TYPE_CHECKING:
     from herd_kernel.config import Config
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from herd_kernel.upstream import Upstream
 
 log = structlog.get_logger("herd.request")
+_LOGGED_BODY = 64 * 1024  # bytes of a body FLEET_LOG_BODIES logs
 
 _TAIL = 16384  # bytes of stream kept to read the final chunk's token counts
 _FORWARD_HEADERS = ("Content-Type",)
@@ -136,6 +137,13 @@ class Pipeline:
         nothing needs rewriting). ``not_found(model)`` is the API's 404 message.
         """
         started = time.monotonic()
+        # every log line of this request (its own task: aiohttp gives each request one) names it
+        structlog.contextvars.bind_contextvars(request_id=route.request_id)
+        if BODY in request:  # FLEET_LOG_BODIES: the one place a prompt may reach the logs
+            raw = request[BODY]
+            log.info("request body", path=route.path, model=route.model, bytes=len(raw),
+                     body=raw[:_LOGGED_BODY].decode("utf-8", "replace"),
+                     truncated=len(raw) > _LOGGED_BODY)
         attempts: list[Attempt] = []
         if self.draining:
             return self._stopping(route, started, attempts, "the router is shutting down")

@@ -22,6 +22,10 @@ Api = str
 
 #: The id of the request being handled, set by the route that parsed it, for error logs.
 REQUEST_ID = web.RequestKey("herd_request_id", str)
+#: The app name of the client key the request presented (``herd_kernel.keys``), when it has one.
+KEY_APP = web.RequestKey("herd_key_app", str)
+#: The request's body as read, kept only while ``FLEET_LOG_BODIES`` is on, for its log line.
+BODY = web.RequestKey("herd_body", bytes)
 
 _JSON = "application/json; charset=utf-8"
 
@@ -334,8 +338,11 @@ def client_request_id(request: web.Request) -> str:
 
 
 def request_tags(request: web.Request, body: dict[str, Any]) -> tuple[str, ...]:
-    """Tags from ``X-App-Tag``, ``X-Herd-Tags`` (comma-separated) and ``metadata.tags``."""
+    """Tags from ``X-App-Tag``, ``X-Herd-Tags`` (comma-separated) and ``metadata.tags``; with no
+    ``X-App-Tag``, the app name of the client's API key stands first in its place."""
     tags: list[str] = []
+    if KEY_APP in request and "X-App-Tag" not in request.headers:
+        tags.append(request[KEY_APP])
     for header in ("X-App-Tag", "X-Herd-Tags"):
         for value in request.headers.getall(header, ()):
             tags.extend(t.strip() for t in value.split(","))

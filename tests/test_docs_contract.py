@@ -24,8 +24,10 @@ CONFIG_DOC = ROOT / "docs" / "configuration.md"
 PLUGINS = sorted(
     p for p in (ROOT / "plugins").iterdir() if p.is_dir() and not p.name.startswith(".")
 )
-# the families in DESIGN.md, and ``fleet``: the owner's administration APIs (herd-fleet-admin)
-KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "policy", "shaper", "fleet"}
+# the families in DESIGN.md, ``fleet``: the owner's administration APIs (herd-fleet-admin),
+# and ``metrics``: exporters of the router's numbers (herd-metrics-prometheus)
+KINDS = {"signal", "backend", "discovery", "health", "node", "panel", "policy", "shaper", "fleet",
+         "metrics"}
 DIST = re.compile(r"^herd-(?P<kind>[a-z0-9]+)(?:-(?P<name>[a-z0-9]+(?:-[a-z0-9]+)*))?$")
 
 
