@@ -577,7 +577,7 @@ class Pipeline:
             ttft_ms=None if ttft_ms is None else round(ttft_ms, 3),
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
-            retries=len(attempts),
+            retries=max(0, len(final) - 1),  # attempts after the first
             score=decision.score if decision else None,
             score_breakdown=dict(decision.breakdown) if decision else {},
             attempts=tuple(final),

@@ -178,10 +178,15 @@ async def test_every_node_failing_is_a_502_json_in_each_format(herd, fleet):
         async with http.post(f"{herd.url}/api/chat", json=body) as r:
             assert r.status == 502
             assert "every node" in (await r.json())["error"]
+            retries = int(r.headers["X-Fleet-Retries"])
         async with http.post(f"{herd.url}/v1/chat/completions", json=body) as r:
             assert r.status == 502
             assert (await r.json())["error"]["type"] == "api_error"
-    assert herd.services.recent_traces[-1].status == "failed"
+    trace = herd.services.recent_traces[-1]
+    assert trace.status == "failed"
+    # every node was tried once: the first try and one retry per other node, as the header says
+    assert len(trace.attempts) == len(fleet.nodes)
+    assert trace.retries == retries == len(fleet.nodes) - 1
 
 
 async def test_mid_stream_failure_ends_the_stream_with_an_error(herd, fleet, closing):
