@@ -13,13 +13,21 @@ import json
 import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import structlog
 
 from herd_kernel import __version__
-from herd_kernel.config import ROUTER_SETTINGS, Config, Setting, SettingError, resolve
+from herd_kernel.config import (
+    ROUTER_SETTINGS,
+    Config,
+    RuntimeSettings,
+    Setting,
+    SettingError,
+    resolve,
+)
 from herd_kernel.launch import (
     add_setting_flags,
     load,
@@ -125,7 +133,12 @@ def herd_main(argv: Sequence[str] | None = None) -> int:
     if args.command == "plugins":
         return _plugins_command(host, config, as_json=args.json)
     if args.command == "settings":
-        print(settings_markdown(config) if args.markdown else _settings_text(config), end="")
+        if args.markdown:  # the reference page: what the code and environment say
+            print(settings_markdown(config), end="")
+        else:  # what a router started now would run with, changes kept in the data dir included
+            RuntimeSettings(config, Path(config["FLEET_DATA_DIR"]) / "settings.json").load(
+                announce=False)
+            print(_settings_text(config), end="")
         return 0
     try:
         demo = _demo_fleet(host, config) if args.demo else None
@@ -302,7 +315,14 @@ def settings_markdown(config: Config) -> str:
 
 def _settings_text(config: Config) -> str:
     width = max(len(s.env) for s in config.specs)
-    return "".join(f"{s.env:<{width}}  {config[s.env]!s}\n" for s in sorted(config.specs, key=lambda s: s.env))
+    lines = []
+    for spec in sorted(config.specs, key=lambda s: s.env):
+        line = f"{spec.env:<{width}}  {config[spec.env]!s}"
+        if config.source(spec.env) == "runtime":
+            line += f"  (changed while running, kept in settings.json; configured: " \
+                    f"{config.configured(spec.env)!s})"
+        lines.append(line + "\n")
+    return "".join(lines)
 
 
 async def _serve_router(

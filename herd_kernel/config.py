@@ -228,8 +228,9 @@ class RuntimeSettings:
         self.saved: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
-    def load(self) -> None:
-        """Read the file and put its values in force (at start-up, before plugins read them)."""
+    def load(self, *, announce: bool = True) -> None:
+        """Read the file and put its values in force (at start-up, before plugins read them);
+        ``announce``: log each one put in force (the router does; ``herd settings`` does not)."""
         try:
             data = json.loads(self.path.read_text())
             saved = data["settings"]
@@ -253,9 +254,10 @@ class RuntimeSettings:
                 continue
             before, source = self.config[env], self.config.source(env)
             self.config.set_runtime(env, value)
-            log.info("runtime setting in force (from the data dir, over the configured value)",
-                     setting=env, value=value, configured=before, configured_from=source,
-                     path=str(self.path))
+            if announce:
+                log.info("runtime setting in force (from the data dir, over the configured value)",
+                         setting=env, value=value, configured=before, configured_from=source,
+                         path=str(self.path))
 
     def check(self, changes: Mapping[str, Any]) -> dict[str, Any]:
         """``changes`` by key or variable, checked: env -> value (None: reset); or

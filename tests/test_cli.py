@@ -46,3 +46,20 @@ def test_configuration_doc_lists_every_setting():
     expected = settings_markdown(make_config(host))
     actual = (ROOT / "docs" / "configuration.md").read_text()
     assert actual == expected, "regenerate with: uv run herd settings --markdown > docs/configuration.md"
+
+
+def test_herd_settings_shows_changes_kept_in_the_data_dir(tmp_path):
+    # a toggle changed on the dashboard (kept in settings.json) is what a router started now
+    # runs with, so `herd settings` shows it, and says where it comes from
+    env = {"PATH": "", "FLEET_DATA_DIR": str(tmp_path), "FLEET_AUTO_PULL": "true"}
+    before = run("settings", env=env)
+    assert before.returncode == 0, before.stderr
+    assert [line.split() for line in before.stdout.splitlines()
+            if line.startswith("FLEET_AUTO_PULL ")] == [["FLEET_AUTO_PULL", "True"]]
+    (tmp_path / "settings.json").write_text(
+        json.dumps({"version": 1, "settings": {"FLEET_AUTO_PULL": False}}))
+    after = run("settings", env=env)
+    assert after.returncode == 0, after.stderr
+    [line] = [line for line in after.stdout.splitlines() if line.startswith("FLEET_AUTO_PULL ")]
+    assert line.split()[1] == "False" and "settings.json" in line and "configured: True" in line
+    assert after.stdout.count("settings.json") == 1  # nothing else changed, nothing logged
