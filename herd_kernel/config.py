@@ -46,6 +46,9 @@ class Setting:
     secret: bool = False
     # for a ``str``: the only values it takes (case-insensitive; read as written here)
     choices: tuple[str, ...] = ()
+    # for a number: the interval it must lie in, written as in mathematics: ``"[1, 65535]"``,
+    # ``"(0, 100]"`` (above 0, at most 100), ``"[0, )"`` (0 or more). Numbers are always finite.
+    bounds: str = field(default="", validator=lambda _s, _a, v: _interval(v))
     # the plugin that declared it (filled in by the plugin host; "" for the kernel's own)
     plugin: str = field(default="", eq=False)
 
@@ -56,6 +59,52 @@ class Setting:
             if self.env.startswith(prefix):
                 return self.env[len(prefix) :].lower()
         return self.env.lower()
+
+
+def _interval(text: str) -> tuple[float | None, bool, float | None, bool]:
+    """``"(0, 100]"`` -> (0, False, 100, True): each end and whether it is included; an end left
+    empty is unbounded. ``""``: no bounds."""
+    if not text:
+        return None, False, None, False
+    body = text.strip()
+    if len(body) < 3 or body[0] not in "[(" or body[-1] not in "])" or body.count(",") != 1:
+        raise ValueError(f"bounds {text!r}: expected an interval such as '[0, 100]' or '(0, )'")
+    low, high = (part.strip() for part in body[1:-1].split(","))
+    try:
+        lo = float(low) if low else None
+        hi = float(high) if high else None
+    except ValueError:
+        raise ValueError(f"bounds {text!r}: the ends must be numbers") from None
+    if lo is not None and hi is not None and lo > hi:
+        raise ValueError(f"bounds {text!r}: the low end is above the high end")
+    return lo, body[0] == "[", hi, body[-1] == "]"
+
+
+def check_number(setting: Setting, value: Any, name: str | None = None) -> Any:
+    """``value`` if it is a finite number within the setting's ``bounds`` (anything else that is
+    no number passes as it is); else ``SettingError`` naming ``name`` (default: the variable)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    name = name or setting.env
+    if not math.isfinite(value):
+        raise SettingError(f"{name}={value!r}: expected a finite number", name)
+    lo, lo_in, hi, hi_in = _interval(setting.bounds)
+    if (lo is not None and (value < lo or (value == lo and not lo_in))) or \
+            (hi is not None and (value > hi or (value == hi and not hi_in))):
+        raise SettingError(f"{name}={value:g}: expected a value in {setting.bounds} "
+                           f"({describe_bounds(setting.bounds)})", name)
+    return value
+
+
+def describe_bounds(bounds: str) -> str:
+    """``"(0, 100]"`` -> ``"above 0, at most 100"``."""
+    lo, lo_in, hi, hi_in = _interval(bounds)
+    parts = []
+    if lo is not None:
+        parts.append(f"{'at least' if lo_in else 'above'} {lo:g}")
+    if hi is not None:
+        parts.append(f"{'at most' if hi_in else 'below'} {hi:g}")
+    return ", ".join(parts) or "any finite number"
 
 
 class SettingError(ValueError):
@@ -72,8 +121,9 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 
 def parse_value(setting: Setting, raw: Any) -> Any:
+    """``raw`` (a string from the environment or a flag) as the setting's type, checked."""
     if not isinstance(raw, str):
-        return raw
+        return check_number(setting, raw)
     kind = setting.type
     try:
         if kind is bool:
@@ -84,15 +134,17 @@ def parse_value(setting: Setting, raw: Any) -> Any:
                 return False
             raise ValueError(raw)
         if kind is int:
-            return int(raw.strip())
-        if kind is float:
-            return float(raw.strip())
-        if kind is Path:
+            number: float = int(raw.strip())
+        elif kind is float:
+            number = float(raw.strip())
+        elif kind is Path:
             return Path(raw).expanduser()
     except ValueError:
         raise SettingError(
             f"{setting.env}={raw!r} is not a valid {kind.__name__}: {setting.help}"
         ) from None
+    if kind is int or kind is float:
+        return check_number(setting, number)
     if setting.choices:
         for choice in setting.choices:
             if choice.lower() == raw.strip().lower():
@@ -112,10 +164,10 @@ def runtime_value(setting: Setting, raw: Any, name: str) -> Any:
         except SettingError as exc:
             raise SettingError(f"{name}: {exc}", name) from None
     number = isinstance(raw, int | float) and not isinstance(raw, bool) and math.isfinite(raw)
-    if (kind is bool and isinstance(raw, bool)) or (kind is int and number and raw == int(raw)):
-        return kind(raw)
-    if kind is float and number:
-        return float(raw)
+    if kind is bool and isinstance(raw, bool):
+        return raw
+    if (kind is int and number and raw == int(raw)) or (kind is float and number):
+        return check_number(setting, kind(raw), name)
     expected = {bool: "true or false", int: "an integer", float: "a number"}.get(kind, "a string")
     raise SettingError(f"{name} must be {expected}, not {json.dumps(raw)}", name)
 
@@ -317,7 +369,8 @@ def default_data_dir() -> Path:
 # through the ``herd_settings`` hook.
 ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(env="FLEET_HOST", type=str, default="0.0.0.0", help="Address the router listens on."),
-    Setting(env="FLEET_PORT", type=int, default=11435, help="Port the router listens on."),
+    Setting(env="FLEET_PORT", type=int, bounds="[0, 65535]", default=11435,
+            help="Port the router listens on."),
     Setting(
         env="FLEET_DATA_DIR",
         type=Path,
@@ -385,6 +438,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_ENROLL_MINUTES",
         type=float,
+        bounds="[0, )",
         default=10.0,
         help="Minutes after the router's first start (no admission state in the data dir yet) "
         "during which nodes on other machines are admitted without approval; `herd enroll` "
@@ -393,6 +447,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_EVICT_AFTER",
         type=float,
+        bounds="(0, )",
         default=3600.0,
         help="Seconds an offline node stays listed before it is forgotten (an admitted node keeps "
         "its admission and rejoins with its next heartbeat). 0: never.",
@@ -400,18 +455,21 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_PENDING_EVICT_AFTER",
         type=float,
+        bounds="(0, )",
         default=300.0,
         help="Seconds a node waiting for approval stays listed after its last heartbeat.",
     ),
     Setting(
         env="FLEET_MAX_NODES",
         type=int,
+        bounds="[1, )",
         default=256,
         help="Most nodes the registry keeps (admitted, any status); a new one beyond gets 503.",
     ),
     Setting(
         env="FLEET_MAX_PENDING_NODES",
         type=int,
+        bounds="[0, )",
         default=32,
         help="Most nodes waiting for approval at once, counted apart from admitted ones so a "
         "flood of strangers cannot crowd out real nodes; a new one beyond gets 429.",
@@ -419,36 +477,42 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_MAX_MODELS_PER_NODE",
         type=int,
+        bounds="[1, )",
         default=1000,
         help="Most models a heartbeat may report (on disk plus loaded); more gets 400.",
     ),
     Setting(
         env="FLEET_HEARTBEAT_TIMEOUT",
         type=float,
+        bounds="(0, )",
         default=15.0,
         help="Seconds without a heartbeat before a node is marked degraded.",
     ),
     Setting(
         env="FLEET_HEARTBEAT_OFFLINE",
         type=float,
+        bounds="(0, )",
         default=30.0,
         help="Seconds without a heartbeat before a node is marked offline and stops getting work.",
     ),
     Setting(
         env="FLEET_MAX_RETRIES",
         type=int,
+        bounds="[0, )",
         default=2,
         help="How many other nodes to try when a node fails before the first byte reaches the client.",
     ),
     Setting(
         env="FLEET_MAX_BODY_MB",
         type=float,
+        bounds="(0, )",
         default=64.0,
         help="Largest request body accepted, in MiB (images travel base64 inside JSON).",
     ),
     Setting(
         env="FLEET_BODY_TIMEOUT",
         type=float,
+        bounds="(0, )",
         default=30.0,
         help="Seconds a client may go silent while sending a request body before it gets 408 "
         "and the connection is closed.",
@@ -456,6 +520,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_HEADER_TIMEOUT",
         type=float,
+        bounds="(0, )",
         default=30.0,
         help="Seconds a new connection may take to send its first complete request head before "
         "it is closed (slow or half-open clients cannot hold sockets forever).",
@@ -463,6 +528,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_KEEPALIVE_TIMEOUT",
         type=float,
+        bounds="[0, )",
         default=75.0,
         help="Seconds an idle keep-alive client connection stays open between requests (a "
         "request head started in that time must also be complete by then).",
@@ -470,6 +536,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_SHUTDOWN_GRACE",
         type=float,
+        bounds="[0, )",
         default=10.0,
         help="On SIGTERM or Ctrl-C: seconds running requests get to finish (new ones get 503) "
         "before open streams are ended with an in-stream error and the router exits.",
@@ -477,6 +544,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_MAX_FRAME_MB",
         type=float,
+        bounds="(0, )",
         default=16.0,
         help="Largest single NDJSON line or SSE event a node may stream, in MiB; a longer one "
         "ends the stream with an in-stream error (a node that never sends a newline cannot grow "
@@ -485,6 +553,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_MAX_RESPONSE_MB",
         type=float,
+        bounds="(0, )",
         default=256.0,
         help="Largest non-streamed answer a node may send, in MiB (it is read whole before it is "
         "relayed, so that a node that fails half-way can still be retried); larger gets 502.",
@@ -492,18 +561,21 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_CONNECT_TIMEOUT",
         type=float,
+        bounds="(0, )",
         default=5.0,
         help="Seconds to wait for a TCP connection to a node before trying the next one.",
     ),
     Setting(
         env="FLEET_READ_TIMEOUT",
         type=float,
+        bounds="(0, )",
         default=600.0,
         help="Seconds a node may stay silent mid-response before the request fails.",
     ),
     Setting(
         env="FLEET_SCORE_SHORTLIST",
         type=int,
+        bounds="[1, )",
         default=32,
         help="When more nodes than this can serve a model, only this many are scored by the "
         "signals: those first in a quick order (model in memory, a free slot, least queued per "
@@ -521,6 +593,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_HOLD_TIMEOUT",
         type=float,
+        bounds="[0, )",
         default=0.0,
         help="Seconds a request may wait in total for a free slot before it gets 503 with "
         "Retry-After. 0: no limit; like Ollama, the request waits as long as its client does "
@@ -529,6 +602,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_HOLDING_TIMEOUT",
         type=float,
+        bounds="[0, )",
         default=30.0,
         help="Seconds a request may wait in the holding queue, while no node that has its model "
         "can serve it (all offline, paused or draining), before it gets 503 with Retry-After "
@@ -537,6 +611,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_MAX_QUEUE",
         type=int,
+        bounds="[0, )",
         default=512,
         help="Requests that may wait at once (in all node:model queues and the holding queue); "
         "more get 503 at once with Ollama's 'maximum pending requests exceeded', as "
@@ -545,6 +620,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_DEFAULT_CONCURRENCY",
         type=int,
+        bounds="[1, )",
         default=1,
         help="Requests run at once per node:model when a node does not report its "
         "OLLAMA_NUM_PARALLEL (the rest wait in the router's queue, where they can still move).",
@@ -552,12 +628,14 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_MAX_CONCURRENCY",
         type=int,
+        bounds="[1, )",
         default=16,
         help="Upper bound on any node:model's concurrency, whatever the node reports.",
     ),
     Setting(
         env="FLEET_REBALANCE_INTERVAL",
         type=float,
+        bounds="(0, )",
         default=5.0,
         help="Seconds between periodic passes of the queue: the reaper, the holding queue's "
         "re-score, the rebalancer and the lane policies' tick such as pre-warming (all but the "
@@ -566,6 +644,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_STALE_TIMEOUT",
         type=float,
+        bounds="(0, )",
         default=600.0,
         help="Seconds a running request may go without relaying a byte before the reaper ends it, "
         "frees its slot and counts it (non-streamed answers arrive whole, so keep this at least "
@@ -574,6 +653,7 @@ ROUTER_SETTINGS: tuple[Setting, ...] = (
     Setting(
         env="FLEET_HEALTH_CACHE_S",
         type=float,
+        bounds="[0, )",
         default=5.0,
         help="Seconds the health engine reuses one fleet snapshot and its findings "
         "(GET /dashboard/api/health); 0 builds them for every call.",

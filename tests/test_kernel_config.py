@@ -183,3 +183,41 @@ def test_an_unreadable_file_leaves_the_configured_values_and_says_so(tmp_path, t
         RuntimeSettings(config, path).load()
     assert config["FLEET_TOGGLE"] is False
     assert logs[0]["event"].startswith("runtime settings unreadable")
+
+
+def test_numbers_are_finite_and_within_their_bounds():
+    from herd_kernel.config import Setting, SettingError, parse_value, resolve, runtime_value
+
+    pct = Setting(env="FLEET_X_PCT", type=float, default=10.0, help="a share", bounds="(0, 100]")
+    assert resolve([pct], {"FLEET_X_PCT": "100"})["FLEET_X_PCT"] == 100.0
+    for raw in ("0", "-1", "100.5", "nan", "inf", "-inf"):
+        with pytest.raises(SettingError, match="FLEET_X_PCT"):
+            resolve([pct], {"FLEET_X_PCT": raw})
+    # flags parsed by argparse arrive typed, runtime changes as JSON: checked the same way
+    with pytest.raises(SettingError, match=r"expected a value in \(0, 100\] \(above 0, at most 100\)"):
+        parse_value(pct, 0.0)
+    with pytest.raises(SettingError, match="x_pct"):
+        runtime_value(pct, 101, "x_pct")
+    port = Setting(env="FLEET_Y", type=int, default=1, help="", bounds="[0, 65535]")
+    assert parse_value(port, "0") == 0 and parse_value(port, "65535") == 65535
+    with pytest.raises(SettingError, match="65536"):
+        parse_value(port, "65536")
+    # with no bounds a number only has to be finite
+    free = Setting(env="FLEET_Z", type=float, default=1.0, help="")
+    assert parse_value(free, "-3.5") == -3.5
+    with pytest.raises(SettingError, match="finite"):
+        parse_value(free, "NaN")
+    for bad in ("0, 1", "[a, 1]", "[2, 1]", "(0 1)"):
+        with pytest.raises(ValueError, match="bounds"):
+            Setting(env="FLEET_W", type=float, default=1.0, help="", bounds=bad)
+
+
+def test_every_declared_default_lies_within_its_bounds():
+    from herd_kernel.config import check_number
+    from herd_kernel.testing import make_config, make_host
+
+    host = make_host()
+    specs = make_config(host).specs
+    assert any(s.bounds for s in specs)
+    for spec in specs:
+        assert check_number(spec, spec.default) == spec.default, spec.env

@@ -11,13 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from herd_kernel.api import RouteDef, RouterAPI
-from herd_kernel.config import Setting, SettingError
+from herd_kernel.config import Setting
 from herd_kernel.hookspecs import hookimpl
 
 PATH = "/dashboard/api/recommendations"
 
 SETTINGS = (
-    Setting(env="FLEET_RECOMMEND_HEADROOM_PCT", type=float, default=20.0,
+    Setting(env="FLEET_RECOMMEND_HEADROOM_PCT", type=float, bounds="[0, 100)", default=20.0,
             help="Percent of a node's model memory (unified, GPU or system) kept free when "
             "recommending models: nothing is suggested that needs more than the rest."),
     Setting(env="FLEET_RECOMMEND_MIN_REQUESTS", type=int, default=20,
@@ -30,11 +30,7 @@ SETTINGS = (
 def _policy(config: Any) -> Any:
     from herd_fleet_recommendations.mix import Policy
 
-    headroom = float(config["FLEET_RECOMMEND_HEADROOM_PCT"])
-    if not 0 <= headroom < 100:
-        raise SettingError("FLEET_RECOMMEND_HEADROOM_PCT must be at least 0 and below 100, "
-                         f"not {headroom:g}")
-    return Policy(headroom_pct=headroom,
+    return Policy(headroom_pct=float(config["FLEET_RECOMMEND_HEADROOM_PCT"]),
                   min_requests=max(1, int(config["FLEET_RECOMMEND_MIN_REQUESTS"])))
 
 

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from herd_kernel.api import Finding, HealthCheck, HealthSnapshot
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 NEEDED = "context_reload_needed"  # num_ctx above the loaded context: Ollama reloads
@@ -19,7 +19,7 @@ UPGRADE = "context_upgrade"  # served by a larger loaded model that had the cont
 NAMED_AT_MOST = 3
 
 SETTINGS = (
-    Setting(env="FLEET_HEALTH_CONTEXT_PROTECTION_RELOADS_PER_HOUR", type=int, default=3,
+    Setting(env="FLEET_HEALTH_CONTEXT_PROTECTION_RELOADS_PER_HOUR", type=int, bounds="[1, )", default=3,
             help="Context reloads in the last hour (requests whose num_ctx made Ollama reload a "
             "loaded model) at which the context_protection health check warns; fewer are "
             "information, as many earlier in the day and none since are reported as stopped."),
@@ -123,8 +123,4 @@ def herd_settings() -> Sequence[Setting]:
 
 @hookimpl
 def herd_health_checks(config: Config) -> Sequence[HealthCheck]:
-    warn = config["FLEET_HEALTH_CONTEXT_PROTECTION_RELOADS_PER_HOUR"]
-    if warn < 1:
-        raise SettingError(
-            f"FLEET_HEALTH_CONTEXT_PROTECTION_RELOADS_PER_HOUR={warn}: expected 1 or more")
-    return [ContextProtectionCheck(warn)]
+    return [ContextProtectionCheck(config["FLEET_HEALTH_CONTEXT_PROTECTION_RELOADS_PER_HOUR"])]

@@ -9,14 +9,14 @@ from typing import Any
 from attrs import frozen
 
 from herd_kernel.api import Finding, HealthSnapshot, Tally
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
     Setting(env="FLEET_HEALTH_DISCONNECTS_MIN_REQUESTS", type=int, default=20,
             help="Requests the fleet must have in the last hour before the client_disconnects "
             "check judges the share whose client left before the answer."),
-    Setting(env="FLEET_HEALTH_DISCONNECTS_PCT", type=float, default=15.0,
+    Setting(env="FLEET_HEALTH_DISCONNECTS_PCT", type=float, bounds="(0, 100]", default=15.0,
             help="Share of the last hour's requests (percent) whose client left before the "
             "answer was complete at which the client_disconnects check warns (a chat UI's stop "
             "button counts too, so some is normal)."),
@@ -41,9 +41,6 @@ class DisconnectCheck:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> DisconnectCheck:
         pct = config["FLEET_HEALTH_DISCONNECTS_PCT"]
-        if not 0 < pct <= 100:
-            raise SettingError(f"FLEET_HEALTH_DISCONNECTS_PCT={pct:g}: expected a share above 0 "
-                               "and at most 100 (percent)")
         return cls(min_requests=max(1, config["FLEET_HEALTH_DISCONNECTS_MIN_REQUESTS"]),
                    share=pct / 100)
 

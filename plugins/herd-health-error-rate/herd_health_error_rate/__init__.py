@@ -17,10 +17,10 @@ SETTINGS = (
     Setting(env="FLEET_HEALTH_ERROR_RATE_MIN_REQUESTS", type=int, default=10,
             help="Requests a node (or the fleet) must have finished in a window before the "
             "high_error_rate check judges its share of failures there."),
-    Setting(env="FLEET_HEALTH_ERROR_RATE_WARNING_PCT", type=float, default=10.0,
+    Setting(env="FLEET_HEALTH_ERROR_RATE_WARNING_PCT", type=float, bounds="(0, 100]", default=10.0,
             help="Share of a node's requests that failed in the last hour (percent) at which the "
             "high_error_rate check warns."),
-    Setting(env="FLEET_HEALTH_ERROR_RATE_CRITICAL_PCT", type=float, default=30.0,
+    Setting(env="FLEET_HEALTH_ERROR_RATE_CRITICAL_PCT", type=float, bounds="(0, 100]", default=30.0,
             help="Share of a node's requests that failed in the last hour (percent) at which the "
             "high_error_rate check is critical."),
 )

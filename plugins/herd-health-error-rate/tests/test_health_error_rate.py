@@ -84,7 +84,8 @@ def test_thresholds_come_from_the_settings():
                                  {"FLEET_HEALTH_ERROR_RATE_WARNING_PCT": "0"},
                                  {"FLEET_HEALTH_ERROR_RATE_CRITICAL_PCT": "150"}])
 def test_thresholds_out_of_order_are_a_setting_error(env):
-    with pytest.raises(SettingError, match="FLEET_HEALTH_ERROR_RATE_WARNING_PCT"):
+    # out of (0, 100] is refused as the variable is read; out of order, when the check is made
+    with pytest.raises(SettingError, match="|".join(env)):
         check(env)
 
 

@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from herd_kernel.api import Finding, HealthCheck, HealthSnapshot, Severity
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
-    Setting(env="FLEET_HEALTH_MEMORY_PRESSURE_SWAP_FRACTION", type=float, default=0.25,
+    Setting(env="FLEET_HEALTH_MEMORY_PRESSURE_SWAP_FRACTION", type=float, bounds="(0, )", default=0.25,
             help="Swap in use, as a fraction of the node's RAM, at which the memory_pressure "
             "health check warns even when the node reports no pressure (0.25: a quarter)."),
 )
@@ -78,8 +78,4 @@ def herd_settings() -> Sequence[Setting]:
 
 @hookimpl
 def herd_health_checks(config: Config) -> Sequence[HealthCheck]:
-    fraction = config["FLEET_HEALTH_MEMORY_PRESSURE_SWAP_FRACTION"]
-    if fraction <= 0:
-        raise SettingError(f"FLEET_HEALTH_MEMORY_PRESSURE_SWAP_FRACTION={fraction}: expected a "
-                           "fraction of RAM above 0 (0.25: a quarter)")
-    return [MemoryPressureCheck(fraction)]
+    return [MemoryPressureCheck(config["FLEET_HEALTH_MEMORY_PRESSURE_SWAP_FRACTION"])]

@@ -9,14 +9,14 @@ from typing import Any
 from attrs import frozen
 
 from herd_kernel.api import Finding, HealthSnapshot, Tally
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
     Setting(env="FLEET_HEALTH_RETRY_RATE_MIN_REQUESTS", type=int, default=20,
             help="Requests a node (or the fleet) must have in the last hour before the "
             "high_retry_rate check judges the share of them that needed another node."),
-    Setting(env="FLEET_HEALTH_RETRY_RATE_PCT", type=float, default=10.0,
+    Setting(env="FLEET_HEALTH_RETRY_RATE_PCT", type=float, bounds="(0, 100]", default=10.0,
             help="Share of the last hour's requests (percent) that needed another node at which "
             "the high_retry_rate check warns."),
 )
@@ -33,9 +33,6 @@ class RetryRateCheck:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> RetryRateCheck:
         pct = config["FLEET_HEALTH_RETRY_RATE_PCT"]
-        if not 0 < pct <= 100:
-            raise SettingError(f"FLEET_HEALTH_RETRY_RATE_PCT={pct:g}: expected a share above 0 "
-                               "and at most 100 (percent)")
         return cls(min_requests=max(1, config["FLEET_HEALTH_RETRY_RATE_MIN_REQUESTS"]),
                    share=pct / 100)
 

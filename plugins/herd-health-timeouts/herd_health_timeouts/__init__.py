@@ -10,14 +10,14 @@ from typing import Any
 from attrs import frozen
 
 from herd_kernel.api import Finding, HealthSnapshot, Tally
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
     Setting(env="FLEET_HEALTH_TIMEOUTS_MIN_COUNT", type=int, default=3,
             help="Timed-out requests a node or a model needs in the last hour before the "
             "request_timeouts check speaks (the sample its share is judged on)."),
-    Setting(env="FLEET_HEALTH_TIMEOUTS_PCT", type=float, default=5.0,
+    Setting(env="FLEET_HEALTH_TIMEOUTS_PCT", type=float, bounds="(0, 100]", default=5.0,
             help="Share of a node's or a model's requests in the last hour (percent) with an "
             "attempt that timed out at which the request_timeouts check warns."),
 )
@@ -35,9 +35,6 @@ class TimeoutCheck:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TimeoutCheck:
         pct = config["FLEET_HEALTH_TIMEOUTS_PCT"]
-        if not 0 < pct <= 100:
-            raise SettingError(f"FLEET_HEALTH_TIMEOUTS_PCT={pct:g}: expected a share above 0 and "
-                               "at most 100 (percent)")
         return cls(min_count=max(1, config["FLEET_HEALTH_TIMEOUTS_MIN_COUNT"]), share=pct / 100,
                    read_timeout=config["FLEET_READ_TIMEOUT"])
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from herd_kernel.api import Finding, HealthCheck, HealthSnapshot
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import normalize_model
 
@@ -16,10 +16,10 @@ SETTINGS = (
     Setting(env="FLEET_HEALTH_UNDERUTILIZED_FREE_GB", type=float, default=8.0,
             help="Memory (GB) a node must have available, and more than the model needs, for "
             "the underutilized_memory health check to say it could hold a model in demand."),
-    Setting(env="FLEET_HEALTH_UNDERUTILIZED_MIN_COLD_LOADS", type=int, default=3,
+    Setting(env="FLEET_HEALTH_UNDERUTILIZED_MIN_COLD_LOADS", type=int, bounds="[1, )", default=3,
             help="Cold loads of one model on other nodes in the last hour before the "
             "underutilized_memory health check counts it as demand a node with room could meet."),
-    Setting(env="FLEET_HEALTH_UNDERUTILIZED_MIN_WAITING", type=int, default=2,
+    Setting(env="FLEET_HEALTH_UNDERUTILIZED_MIN_WAITING", type=int, bounds="[1, )", default=2,
             help="Requests for one model waiting in other nodes' queues right now before the "
             "underutilized_memory health check counts it as demand a node with room could meet."),
 )
@@ -141,7 +141,4 @@ def herd_health_checks(config: Config) -> Sequence[HealthCheck]:
     check = UnderutilizedCheck(free_gb=config["FLEET_HEALTH_UNDERUTILIZED_FREE_GB"],
                                min_cold_loads=config["FLEET_HEALTH_UNDERUTILIZED_MIN_COLD_LOADS"],
                                min_waiting=config["FLEET_HEALTH_UNDERUTILIZED_MIN_WAITING"])
-    if check.min_cold_loads < 1 or check.min_waiting < 1:
-        raise SettingError("FLEET_HEALTH_UNDERUTILIZED_MIN_COLD_LOADS and _MIN_WAITING must be 1 "
-                           "or more: below that an idle fleet would count as demand")
     return [check]

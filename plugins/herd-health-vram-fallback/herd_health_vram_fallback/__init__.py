@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from herd_kernel.api import Finding, HealthCheck, HealthSnapshot
-from herd_kernel.config import Config, Setting, SettingError
+from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 from herd_kernel.models import normalize_model
 
@@ -17,7 +17,7 @@ KIND = "vram_fallback"
 NAMED_AT_MOST = 3  # substitutions named in the finding, most frequent first
 
 SETTINGS = (
-    Setting(env="FLEET_HEALTH_VRAM_FALLBACK_WARN_PER_HOUR", type=int, default=10,
+    Setting(env="FLEET_HEALTH_VRAM_FALLBACK_WARN_PER_HOUR", type=int, bounds="[1, )", default=10,
             help="VRAM fallbacks in the last hour at which the vram_fallback health check "
             "warns (fewer are information); as many earlier in the day and none since are "
             "reported as stopped."),
@@ -99,7 +99,4 @@ def herd_settings() -> Sequence[Setting]:
 
 @hookimpl
 def herd_health_checks(config: Config) -> Sequence[HealthCheck]:
-    warn = config["FLEET_HEALTH_VRAM_FALLBACK_WARN_PER_HOUR"]
-    if warn < 1:
-        raise SettingError(f"FLEET_HEALTH_VRAM_FALLBACK_WARN_PER_HOUR={warn}: expected 1 or more")
-    return [VramFallbackCheck(warn)]
+    return [VramFallbackCheck(config["FLEET_HEALTH_VRAM_FALLBACK_WARN_PER_HOUR"])]

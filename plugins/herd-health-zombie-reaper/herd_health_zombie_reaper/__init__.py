@@ -15,10 +15,10 @@ from herd_kernel.config import Config, Setting, SettingError
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
-    Setting(env="FLEET_HEALTH_ZOMBIE_REAPER_WARNING", type=int, default=1,
+    Setting(env="FLEET_HEALTH_ZOMBIE_REAPER_WARNING", type=int, bounds="[1, )", default=1,
             help="Requests the reaper ended on one node in the last hour at which the "
             "zombie_reaper check warns."),
-    Setting(env="FLEET_HEALTH_ZOMBIE_REAPER_CRITICAL", type=int, default=5,
+    Setting(env="FLEET_HEALTH_ZOMBIE_REAPER_CRITICAL", type=int, bounds="[1, )", default=5,
             help="Requests the reaper ended on one node in the last hour at which the "
             "zombie_reaper check is critical."),
 )
