@@ -136,6 +136,11 @@ async def test_a_silent_node_is_reported_offline_within_the_heartbeat_timeout(
     vitals = report["vitals"]  # alpha still reports (degraded at worst on a loaded machine)
     assert vitals["nodes_offline"] == 1 and vitals["nodes_online"] + vitals["nodes_degraded"] == 1
     assert report["score"] <= 90
+    # the real check (herd-health-offline) says it in the same report, loudly: beta was killed,
+    # it did not say goodbye
+    [real] = [c for c in report["checks"] if c["check_id"] == "node_offline"]
+    assert (real["node_id"], real["severity"], real["title"]) == ("beta", "critical",
+                                                                  "beta is offline")
 
 
 async def test_injected_errors_move_the_vitals(fleet, herd_router, herd_agent):
@@ -213,3 +218,25 @@ async def test_a_crashing_check_is_a_finding_naming_its_plugin_behind_the_fleet_
         async with http.get(f"{router.url}/dashboard/api/health") as r:
             assert r.status == 401 and "admin key" in (await r.json())["error"]
     assert (await health(router, Authorization="Bearer k3y"))["score"] == 90
+
+
+async def test_a_node_failing_a_third_of_its_requests_raises_the_error_rate_check(
+        fleet, herd_router, herd_agent):
+    # OTHER is on alpha's disk only, so every request for it is alpha's to serve or fail
+    router, _agents = await start(fleet, herd_router, herd_agent,
+                                  FLEET_HEALTH_ERROR_RATE_MIN_REQUESTS="9")
+    body = {**CHAT, "model": OTHER, "stream": False}
+    before = (await health(router))["score"]
+    for i in range(9):
+        if i % 3 == 2:
+            fleet.nodes["alpha"].set_fault(Fault(kind="http500", count=1))
+            await chat(router, body, expect=502)
+        else:
+            await chat(router, body)
+    report = await health(router)
+    [finding] = [c for c in report["checks"] if c["check_id"] == "high_error_rate"]
+    assert finding["node_id"] == "alpha"
+    assert finding["severity"] == "critical"  # 33% is past the default 30% critical line
+    assert "3 of 9" in finding["description"]
+    assert report["score"] < before == 100
+    assert report["vitals"]["error_rate_pct"] == pytest.approx(100 / 3, abs=0.01)

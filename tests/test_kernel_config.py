@@ -194,7 +194,8 @@ def test_numbers_are_finite_and_within_their_bounds():
         with pytest.raises(SettingError, match="FLEET_X_PCT"):
             resolve([pct], {"FLEET_X_PCT": raw})
     # flags parsed by argparse arrive typed, runtime changes as JSON: checked the same way
-    with pytest.raises(SettingError, match=r"expected a value in \(0, 100\] \(above 0, at most 100\)"):
+    expected = r"expected a value in \(0, 100\] \(above 0, at most 100\)"
+    with pytest.raises(SettingError, match=expected):
         parse_value(pct, 0.0)
     with pytest.raises(SettingError, match="x_pct"):
         runtime_value(pct, 101, "x_pct")

@@ -19,7 +19,8 @@ UPGRADE = "context_upgrade"  # served by a larger loaded model that had the cont
 NAMED_AT_MOST = 3
 
 SETTINGS = (
-    Setting(env="FLEET_HEALTH_CONTEXT_PROTECTION_RELOADS_PER_HOUR", type=int, bounds="[1, )", default=3,
+    Setting(env="FLEET_HEALTH_CONTEXT_PROTECTION_RELOADS_PER_HOUR", type=int, bounds="[1, )",
+            default=3,
             help="Context reloads in the last hour (requests whose num_ctx made Ollama reload a "
             "loaded model) at which the context_protection health check warns; fewer are "
             "information, as many earlier in the day and none since are reported as stopped."),

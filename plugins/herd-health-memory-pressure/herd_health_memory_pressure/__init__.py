@@ -11,7 +11,8 @@ from herd_kernel.config import Config, Setting
 from herd_kernel.hookspecs import hookimpl
 
 SETTINGS = (
-    Setting(env="FLEET_HEALTH_MEMORY_PRESSURE_SWAP_FRACTION", type=float, bounds="(0, )", default=0.25,
+    Setting(env="FLEET_HEALTH_MEMORY_PRESSURE_SWAP_FRACTION", type=float, bounds="(0, )",
+            default=0.25,
             help="Swap in use, as a fraction of the node's RAM, at which the memory_pressure "
             "health check warns even when the node reports no pressure (0.25: a quarter)."),
 )
